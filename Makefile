@@ -1,0 +1,41 @@
+# herald's verbs. Each target is a thin call into scripts/, which does the work
+# (and can be run directly). `make help` lists them.
+#
+#   make run [ARGS="--listen 0.0.0.0:8080"]   one node, embedded Kafka, demo topic
+#   make test                                 what CI runs (.ci/run)
+
+SHELL := /bin/bash
+ARGS ?=
+# Dependency groups for `make deps`: build, test, bench (see scripts/install-deps.sh).
+DEPS ?= build test
+
+.DEFAULT_GOAL := help
+.PHONY: help deps build run test lint k8s-check clean distclean
+
+help: ## list the verbs
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
+
+deps: ## install dependencies (DEPS="build test bench")
+	bash scripts/install-deps.sh $(DEPS)
+
+build: ## install build dependencies, cargo build --release
+	bash scripts/build.sh
+
+run: ## build, then start herald serve --demo-topic demo $(ARGS) on 127.0.0.1:8080
+	bash scripts/run.sh $(ARGS)
+
+# Tests use the dev profile (plain `cargo test`), not --release: see scripts/test.sh.
+test: ## install test dependencies, lint, cargo test --all-targets
+	bash scripts/test.sh
+
+lint: ## cargo fmt --check and cargo clippy --all-targets -- -D warnings
+	bash scripts/lint.sh
+
+k8s-check: ## validate k8s/ manifests offline (kubernetes-validate)
+	bash scripts/check-k8s.sh
+
+clean: ## cargo clean
+	bash scripts/clean.sh
+
+distclean: ## clean, plus .tools/ and tests/browser/node_modules/
+	bash scripts/clean.sh --all

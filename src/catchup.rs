@@ -1,0 +1,311 @@
+//! Replays for connections that resume from further back than the recent
+//! buffer reaches.
+//!
+//! A small, fixed pool of readers (threads, each with one Kafka consumer)
+//! serves every resuming connection on the node. Jobs are grouped by
+//! partition and a partition is read by at most one reader at a time, which
+//! serves all the connections waiting on it in one pass: a mass reconnect
+//! costs at most one extra consumer per partition, bounded by the pool size.
+//! A reader delivers records until a connection's position reaches the
+//! recent buffer, then hands it to the live fan-out through
+//! [`Registry::join`], under the partition's lock, at the exact offset.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::queue::{Pushed, Wakers};
+use crate::record::Record;
+use crate::registry::{push_gap, push_own, Join, Registry, SlotStart, Subscriber};
+
+const POLL_TIMEOUT: Duration = Duration::from_millis(50);
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Job {
+    sub: Arc<Subscriber>,
+    slot: usize,
+}
+
+type PartitionKey = (Arc<str>, i32);
+
+#[derive(Default)]
+struct Board {
+    pending: HashMap<PartitionKey, Vec<Job>>,
+    busy: HashSet<PartitionKey>,
+    stop: bool,
+}
+
+struct Shared {
+    board: Mutex<Board>,
+    wake: Condvar,
+    stopping: AtomicBool,
+}
+
+pub struct Catchup {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Catchup {
+    pub fn start(
+        readers: usize,
+        consumer_config: ClientConfig,
+        registry: Arc<Registry>,
+        event_header: String,
+    ) -> std::io::Result<Catchup> {
+        let shared = Arc::new(Shared {
+            board: Mutex::new(Board::default()),
+            wake: Condvar::new(),
+            stopping: AtomicBool::new(false),
+        });
+        let mut threads = Vec::new();
+        for n in 0..readers.max(1) {
+            let shared = shared.clone();
+            let registry = registry.clone();
+            let mut config = consumer_config.clone();
+            if let Some(group) = config.get("group.id").map(|g| format!("{g}-{n}")) {
+                config.set("group.id", group);
+            }
+            let event_header = event_header.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("herald-catchup-{n}"))
+                    .spawn(move || {
+                        Reader {
+                            shared,
+                            registry,
+                            config,
+                            consumer: None,
+                            event_header,
+                        }
+                        .run()
+                    })?,
+            );
+        }
+        Ok(Catchup {
+            shared,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Queues `slot` of `sub` for replay from its current position.
+    pub fn enqueue(&self, sub: Arc<Subscriber>, slot: usize) {
+        let log = &sub.shape.slots[slot].log;
+        let key = (log.topic.clone(), log.partition);
+        self.shared
+            .board
+            .lock()
+            .pending
+            .entry(key)
+            .or_default()
+            .push(Job { sub, slot });
+        self.shared.wake.notify_one();
+    }
+
+    pub fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.board.lock().stop = true;
+        self.shared.wake.notify_all();
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Reader {
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    config: ClientConfig,
+    consumer: Option<BaseConsumer>,
+    event_header: String,
+}
+
+impl Reader {
+    fn run(mut self) {
+        loop {
+            let (key, jobs) = {
+                let mut board = self.shared.board.lock();
+                loop {
+                    if board.stop {
+                        return;
+                    }
+                    let free = board
+                        .pending
+                        .keys()
+                        .find(|k| !board.busy.contains(*k))
+                        .cloned();
+                    if let Some(key) = free {
+                        let jobs = board.pending.remove(&key).unwrap_or_default();
+                        board.busy.insert(key.clone());
+                        break (key, jobs);
+                    }
+                    self.shared.wake.wait(&mut board);
+                }
+            };
+            self.registry.metrics.catchup_readers.inc();
+            if let Err(e) = self.replay(&key, jobs) {
+                self.registry.metrics.kafka_errors.inc();
+                tracing::warn!(topic = %key.0, partition = key.1, error = %e, "catch-up read failed");
+            }
+            self.registry.metrics.catchup_readers.dec();
+            self.shared.board.lock().busy.remove(&key);
+            self.shared.wake.notify_all();
+        }
+    }
+
+    fn consumer(&mut self) -> Result<&BaseConsumer, KafkaError> {
+        if self.consumer.is_none() {
+            self.consumer = Some(self.config.create()?);
+        }
+        self.consumer.as_ref().ok_or(KafkaError::Canceled)
+    }
+
+    fn replay(&mut self, key: &PartitionKey, mut jobs: Vec<Job>) -> Result<(), KafkaError> {
+        let mut wakers = Wakers::default();
+        hand_over(&self.registry, &mut jobs, &mut wakers);
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        self.registry.metrics.catchup_reads.inc();
+        let (topic, partition) = (key.0.clone(), key.1);
+        let from = self.start_position(key, &mut jobs, &mut wakers)?;
+        let registry = self.registry.clone();
+        let event_header = self.event_header.clone();
+        self.consumer()?;
+        let stopping = &self.shared.stopping;
+        let consumer = self.consumer.as_ref().ok_or(KafkaError::Canceled)?;
+        assign(consumer, &topic, partition, from)?;
+        let result = loop {
+            if jobs.is_empty() || stopping.load(Ordering::Acquire) {
+                break Ok(());
+            }
+            let mut timeout = POLL_TIMEOUT;
+            for _ in 0..512 {
+                let Some(polled) = consumer.poll(timeout) else {
+                    break;
+                };
+                timeout = Duration::ZERO;
+                match polled {
+                    Ok(m) => {
+                        let record = Record::from_message(topic.clone(), &m, &event_header);
+                        deliver(&registry, &mut jobs, &record, &mut wakers);
+                    }
+                    Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)) => {
+                        // Retention overtook us mid-replay: say so, jump to the log start.
+                        let (low, _) =
+                            consumer.fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT)?;
+                        for job in &jobs {
+                            let p = job.sub.position(job.slot);
+                            if p < low {
+                                registry.metrics.gaps.inc();
+                                push_gap(&job.sub, job.slot, p, low, &mut wakers);
+                            }
+                        }
+                        unassign(consumer, &topic, partition);
+                        assign(consumer, &topic, partition, low)?;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "catch-up poll error");
+                        break;
+                    }
+                }
+            }
+            wakers.wake_all();
+            hand_over(&registry, &mut jobs, &mut wakers);
+        };
+        if let Some(consumer) = self.consumer.as_ref() {
+            unassign(consumer, &topic, partition);
+        }
+        result
+    }
+
+    /// The lowest position any job needs, after turning positions below the
+    /// log start into explicit gaps.
+    fn start_position(
+        &mut self,
+        key: &PartitionKey,
+        jobs: &mut [Job],
+        wakers: &mut Wakers,
+    ) -> Result<i64, KafkaError> {
+        let (low, _high) = self
+            .consumer()?
+            .fetch_watermarks(&key.0, key.1, WATERMARK_TIMEOUT)?;
+        let mut from = i64::MAX;
+        for job in jobs.iter() {
+            let p = job.sub.position(job.slot);
+            if p < low {
+                self.registry.metrics.gaps.inc();
+                push_gap(&job.sub, job.slot, p, low, wakers);
+            }
+            from = from.min(job.sub.position(job.slot));
+        }
+        Ok(from)
+    }
+}
+
+/// Hands over every job that the buffer can now serve; keeps the rest.
+fn hand_over(registry: &Registry, jobs: &mut Vec<Job>, wakers: &mut Wakers) {
+    jobs.retain(|job| {
+        if job.sub.is_closed() {
+            return false;
+        }
+        let at = SlotStart::At(job.sub.position(job.slot));
+        !matches!(registry.join(&job.sub, job.slot, at, wakers), Join::Joined)
+    });
+}
+
+fn deliver(registry: &Registry, jobs: &mut Vec<Job>, record: &Record, wakers: &mut Wakers) {
+    jobs.retain(|job| {
+        let sub = &job.sub;
+        if record.offset < sub.position(job.slot) {
+            return true;
+        }
+        let mut queue = sub.connection.queue.lock();
+        sub.set_position(job.slot, record.offset + 1);
+        if !sub.shape.slots[job.slot]
+            .filter
+            .matches(record.key.as_ref())
+        {
+            return true;
+        }
+        match push_own(sub, &mut queue, record, wakers) {
+            Pushed::Queued => {
+                registry.metrics.events_delivered.inc();
+                true
+            }
+            Pushed::Overflowed => {
+                registry.metrics.slow_disconnects.inc();
+                false
+            }
+            Pushed::Ended => false,
+        }
+    });
+}
+
+fn assign(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<(), KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.incremental_assign(&tpl)
+}
+
+fn unassign(consumer: &BaseConsumer, topic: &str, partition: i32) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    if let Err(e) = consumer.incremental_unassign(&tpl) {
+        tracing::debug!(error = %e, "catch-up unassign failed");
+    }
+}

@@ -1,0 +1,61 @@
+//! Errors a request can meet, and their HTTP form.
+//!
+//! Every error reaches the client as a status and a JSON body
+//! `{"error":{"code","message"}}` whose message says what to do. A browser's
+//! EventSource gives up for good on any status but 200, so only errors in the
+//! request itself get a 4xx; an overloaded or draining node answers 200 with
+//! `retry:` instead (see `server`).
+
+use http::StatusCode;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    BadCursor(String),
+    #[error("topic `{0}` does not exist")]
+    UnknownTopic(String),
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
+    #[error("request body is larger than the {0}-byte limit")]
+    BodyTooLarge(usize),
+    #[error("Kafka did not accept the request: {0}")]
+    Kafka(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::BadCursor(_) | ApiError::Unsupported(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::UnknownTopic(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Kafka(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::BadCursor(_) => "bad_cursor",
+            ApiError::UnknownTopic(_) => "unknown_topic",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::BodyTooLarge(_) => "body_too_large",
+            ApiError::Kafka(_) => "kafka_unavailable",
+            ApiError::Unsupported(_) => "unsupported",
+        }
+    }
+
+    pub fn body(&self) -> String {
+        json!({"error": {"code": self.code(), "message": self.to_string()}}).to_string()
+    }
+}

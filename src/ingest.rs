@@ -1,0 +1,271 @@
+//! The node's one Kafka consumer and its assignment.
+//!
+//! A `BaseConsumer` polled on a dedicated thread (its calls block; a
+//! StreamConsumer has had missed-wakeup bugs). The assignment is exactly the
+//! set of partitions the registry says someone needs, changed incrementally
+//! with an explicit start offset each time, never committed. Each record is
+//! copied out of librdkafka at once and fanned out on this thread: the
+//! fan-out never blocks (it only fills byte-bounded queues), and connection
+//! tasks are woken once per batch.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::record::Record;
+use crate::registry::{FanoutBatch, PartitionLog, Registry};
+
+const POLL_TIMEOUT: Duration = Duration::from_millis(20);
+const MAX_BATCH: usize = 2048;
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
+
+enum Command {
+    Assign(Arc<PartitionLog>),
+}
+
+struct Shared {
+    pending: Mutex<Vec<Command>>,
+    stop: AtomicBool,
+}
+
+/// Handle to the ingest thread.
+pub struct Ingest {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Ingest {
+    pub fn start(
+        consumer: Arc<BaseConsumer>,
+        registry: Arc<Registry>,
+        linger: Duration,
+        event_header: String,
+    ) -> std::io::Result<Ingest> {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("herald-ingest".into())
+            .spawn(move || {
+                IngestLoop {
+                    consumer,
+                    registry,
+                    shared: thread_shared,
+                    linger,
+                    event_header,
+                    assigned: HashMap::new(),
+                    failed: Vec::new(),
+                }
+                .run()
+            })?;
+        Ok(Ingest {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Asks the thread to start reading `log` from its live position.
+    pub fn assign(&self, log: Arc<PartitionLog>) {
+        self.shared.pending.lock().push(Command::Assign(log));
+    }
+
+    /// Stops the thread and waits for it (the consumer's drop blocks, so do
+    /// this from a blocking context).
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct IngestLoop {
+    consumer: Arc<BaseConsumer>,
+    registry: Arc<Registry>,
+    shared: Arc<Shared>,
+    linger: Duration,
+    event_header: String,
+    /// Exactly what the consumer has assigned: topic → partition → log.
+    assigned: HashMap<String, HashMap<i32, Arc<PartitionLog>>>,
+    /// Assignments that failed, to retry.
+    failed: Vec<Arc<PartitionLog>>,
+}
+
+impl IngestLoop {
+    fn run(mut self) {
+        let mut batch = FanoutBatch::default();
+        let mut last_housekeeping = Instant::now();
+        while !self.shared.stop.load(Ordering::Acquire) {
+            if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+                last_housekeeping = Instant::now();
+                self.release_idle();
+                self.report_lag();
+            }
+            self.apply_commands();
+            let mut polled = 0;
+            let mut timeout = POLL_TIMEOUT;
+            while polled < MAX_BATCH {
+                let Some(result) = self.consumer.poll(timeout) else {
+                    break;
+                };
+                timeout = Duration::ZERO;
+                polled += 1;
+                match result {
+                    Ok(message) => self.ingest(&message, &mut batch),
+                    Err(e) => self.on_error(e),
+                }
+            }
+            if polled > 0 {
+                self.registry.metrics.records_consumed.inc_by(polled as u64);
+            }
+            batch.wakers.wake_all();
+        }
+    }
+
+    fn ingest(&self, message: &BorrowedMessage<'_>, batch: &mut FanoutBatch) {
+        let Some(log) = self
+            .assigned
+            .get(message.topic())
+            .and_then(|p| p.get(&message.partition()))
+        else {
+            return; // prefetched before an unassign
+        };
+        let record = Record::from_message(log.topic.clone(), message, &self.event_header);
+        self.registry.fan_out(log, Arc::new(record), batch);
+    }
+
+    fn on_error(&self, e: KafkaError) {
+        self.registry.metrics.kafka_errors.inc();
+        tracing::warn!(error = %e, "kafka consumer error");
+    }
+
+    fn apply_commands(&mut self) {
+        let mut wanted: Vec<Arc<PartitionLog>> = std::mem::take(&mut self.failed);
+        wanted.extend(self.shared.pending.lock().drain(..).map(|c| match c {
+            Command::Assign(log) => log,
+        }));
+        if wanted.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        let mut adding = Vec::new();
+        for log in wanted {
+            let already = self
+                .assigned
+                .get(&*log.topic)
+                .is_some_and(|p| p.contains_key(&log.partition));
+            if already || !log.is_assigned() {
+                continue; // duplicate request, or released before we got to it
+            }
+            if tpl
+                .add_partition_offset(&log.topic, log.partition, Offset::Offset(log.live()))
+                .is_ok()
+            {
+                adding.push(log);
+            }
+        }
+        if adding.is_empty() {
+            return;
+        }
+        match self.consumer.incremental_assign(&tpl) {
+            Ok(()) => {
+                for log in adding {
+                    tracing::debug!(topic = %log.topic, partition = log.partition, offset = log.live(), "assigned");
+                    self.assigned
+                        .entry(log.topic.to_string())
+                        .or_default()
+                        .insert(log.partition, log);
+                }
+            }
+            Err(e) => {
+                self.registry.metrics.kafka_errors.inc();
+                tracing::warn!(error = %e, "assign failed; will retry");
+                self.failed = adding;
+            }
+        }
+        self.update_assigned_gauge();
+    }
+
+    fn release_idle(&mut self) {
+        let released = self.registry.release_idle(self.linger);
+        if released.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for log in &released {
+            let present = self
+                .assigned
+                .get_mut(&*log.topic)
+                .and_then(|p| p.remove(&log.partition))
+                .is_some();
+            if present {
+                let _ = tpl.add_partition(&log.topic, log.partition);
+                self.registry
+                    .metrics
+                    .partition_lag
+                    .remove_label_values(&[&*log.topic, &log.partition.to_string()])
+                    .ok();
+            }
+        }
+        self.assigned.retain(|_, p| !p.is_empty());
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.incremental_unassign(&tpl) {
+                self.registry.metrics.kafka_errors.inc();
+                tracing::warn!(error = %e, "unassign failed");
+            }
+        }
+        self.update_assigned_gauge();
+    }
+
+    fn update_assigned_gauge(&self) {
+        let n: usize = self.assigned.values().map(|p| p.len()).sum();
+        self.registry.metrics.assigned_partitions.set(n as i64);
+    }
+
+    /// Lag from the high watermarks librdkafka learnt from its last fetches
+    /// (a cached read, no request).
+    fn report_lag(&self) {
+        let rk = self.consumer.client().native_ptr();
+        for (topic, partitions) in &self.assigned {
+            let Ok(name) = CString::new(topic.as_str()) else {
+                continue;
+            };
+            for (partition, log) in partitions {
+                let (mut low, mut high) = (-1i64, -1i64);
+                // SAFETY: `rk` is the live handle of a consumer we own; the
+                // topic name is a valid C string for the duration of the call;
+                // librdkafka writes the two out-parameters and keeps no pointer.
+                let err = unsafe {
+                    rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                        rk,
+                        name.as_ptr(),
+                        *partition,
+                        &mut low,
+                        &mut high,
+                    )
+                };
+                if err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                    && high >= 0
+                {
+                    let lag = (high - log.live()).max(0);
+                    self.registry
+                        .metrics
+                        .partition_lag
+                        .with_label_values(&[topic, &partition.to_string()])
+                        .set(lag);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Every Prometheus metric a node exports, in one place.
+//!
+//! Each node owns its own `prometheus::Registry` (tests run several nodes in
+//! one process). Counters are bumped where the thing happens; the ingest
+//! thread adds up per batch rather than per event.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub connections: IntGauge,
+    pub subscriptions: IntGaugeVec,
+    pub assigned_partitions: IntGauge,
+    pub records_consumed: IntCounter,
+    pub events_delivered: IntCounter,
+    pub bytes_delivered: IntCounter,
+    pub slow_disconnects: IntCounter,
+    pub delivery_latency: Histogram,
+    pub partition_lag: IntGaugeVec,
+    pub replay_buffer_hits: IntCounter,
+    pub catchup_reads: IntCounter,
+    pub catchup_readers: IntGauge,
+    pub gaps: IntCounter,
+    pub published: IntCounter,
+    pub publish_failures: IntCounter,
+    pub kafka_errors: IntCounter,
+    pub http_rejections: IntCounter,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric name");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric name");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric name");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let delivery_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "herald_delivery_latency_seconds",
+                "Kafka record timestamp to the socket write that carried it (oldest record of each write)",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(delivery_latency.clone()))
+            .expect("metric registered once");
+        Metrics {
+            connections: gauge(&registry, "herald_connections", "Open SSE streams"),
+            subscriptions: gauge_vec(
+                &registry,
+                "herald_subscriptions",
+                "Open SSE streams per topic they read",
+                &["topic"],
+            ),
+            assigned_partitions: gauge(
+                &registry,
+                "herald_assigned_partitions",
+                "Topic-partitions the node's consumer reads",
+            ),
+            records_consumed: counter(
+                &registry,
+                "herald_records_consumed_total",
+                "Records read by the node's live consumer",
+            ),
+            events_delivered: counter(
+                &registry,
+                "herald_events_delivered_total",
+                "Events queued to connections (one per record per connection)",
+            ),
+            bytes_delivered: counter(
+                &registry,
+                "herald_bytes_delivered_total",
+                "Bytes written to SSE streams",
+            ),
+            slow_disconnects: counter(
+                &registry,
+                "herald_slow_disconnects_total",
+                "Streams ended because the client fell behind its queue bound",
+            ),
+            delivery_latency,
+            partition_lag: gauge_vec(
+                &registry,
+                "herald_partition_lag_records",
+                "High watermark minus the live position, per assigned partition",
+                &["topic", "partition"],
+            ),
+            replay_buffer_hits: counter(
+                &registry,
+                "herald_replay_buffer_hits_total",
+                "Resumes served from the recent-records buffer",
+            ),
+            catchup_reads: counter(
+                &registry,
+                "herald_catchup_kafka_reads_total",
+                "Catch-up passes that read a partition from Kafka",
+            ),
+            catchup_readers: gauge(
+                &registry,
+                "herald_catchup_readers",
+                "Catch-up readers reading from Kafka right now",
+            ),
+            gaps: counter(
+                &registry,
+                "herald_gaps_total",
+                "herald.gap events sent (resume point no longer in Kafka)",
+            ),
+            published: counter(
+                &registry,
+                "herald_published_total",
+                "Records produced through POST /v1/topics",
+            ),
+            publish_failures: counter(
+                &registry,
+                "herald_publish_failures_total",
+                "Publish requests Kafka did not acknowledge",
+            ),
+            kafka_errors: counter(
+                &registry,
+                "herald_kafka_errors_total",
+                "Errors reported by the Kafka client",
+            ),
+            http_rejections: counter(
+                &registry,
+                "herald_http_rejections_total",
+                "Requests answered with a 4xx or 5xx status",
+            ),
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

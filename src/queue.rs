@@ -1,0 +1,250 @@
+//! The per-connection queue between fan-out and the socket.
+//!
+//! Bounded in bytes: a client that falls behind by more than the bound is
+//! cut off (its queued frames are dropped, the stream ends) and comes back
+//! with its last event id, replaying from Kafka. Kafka is the buffer, node
+//! memory is not. Producers (the ingest thread, catch-up readers) never
+//! block and never wake the connection task per frame: they collect wakers
+//! and wake once per batch.
+
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, MutexGuard};
+
+/// Why a stream ended on the server's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client fell more than the queue bound behind.
+    Slow,
+    /// The node is draining or shutting down.
+    Drain,
+    /// The client's credentials ran out.
+    Expired,
+}
+
+#[derive(Debug)]
+pub struct ConnectionQueue {
+    inner: Mutex<Inner>,
+    limit: usize,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    chunks: Vec<Bytes>,
+    bytes: usize,
+    /// Kafka timestamp (ms) of the oldest record queued since the last write.
+    oldest: Option<i64>,
+    waker: Option<Waker>,
+    end: Option<End>,
+}
+
+/// Frames taken from the queue for one socket write.
+pub struct Drained {
+    pub bytes: Bytes,
+    pub oldest_record_ms: Option<i64>,
+}
+
+/// Wakers collected while filling queues; woken once the batch is done.
+#[derive(Default)]
+pub struct Wakers(Vec<Waker>);
+
+impl Wakers {
+    pub fn wake_all(&mut self) {
+        for w in self.0.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for Wakers {
+    fn drop(&mut self) {
+        self.wake_all();
+    }
+}
+
+/// What happened to a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// This push took the queue over its bound: the connection is now ending.
+    Overflowed,
+    /// The stream had already ended; nothing was queued.
+    Ended,
+}
+
+/// The queue, locked: lets a producer compute what to push (a per-connection
+/// cursor, say) atomically with pushing it.
+pub struct Locked<'a> {
+    guard: MutexGuard<'a, Inner>,
+    limit: usize,
+}
+
+impl Locked<'_> {
+    pub fn is_ended(&self) -> bool {
+        self.guard.end.is_some()
+    }
+
+    /// Queues one frame made of `parts`.
+    pub fn push(
+        &mut self,
+        parts: &[&Bytes],
+        record_ms: Option<i64>,
+        wakers: &mut Wakers,
+    ) -> Pushed {
+        let inner = &mut *self.guard;
+        if inner.end.is_some() {
+            return Pushed::Ended;
+        }
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if inner.bytes + len > self.limit {
+            inner.chunks = Vec::new();
+            inner.bytes = 0;
+            inner.end = Some(End::Slow);
+            if let Some(w) = inner.waker.take() {
+                wakers.0.push(w);
+            }
+            return Pushed::Overflowed;
+        }
+        inner.chunks.extend(parts.iter().map(|p| (*p).clone()));
+        inner.bytes += len;
+        if inner.oldest.is_none() {
+            inner.oldest = record_ms;
+        }
+        if let Some(w) = inner.waker.take() {
+            wakers.0.push(w);
+        }
+        Pushed::Queued
+    }
+}
+
+impl ConnectionQueue {
+    pub fn new(limit: usize) -> ConnectionQueue {
+        ConnectionQueue {
+            inner: Mutex::new(Inner::default()),
+            limit,
+        }
+    }
+
+    pub fn lock(&self) -> Locked<'_> {
+        Locked {
+            guard: self.inner.lock(),
+            limit: self.limit,
+        }
+    }
+
+    pub fn push(&self, parts: &[&Bytes], record_ms: Option<i64>, wakers: &mut Wakers) -> Pushed {
+        self.lock().push(parts, record_ms, wakers)
+    }
+
+    /// Ends the stream after what is queued plus `last` (e.g. a `retry:` hint).
+    /// The first end wins.
+    pub fn end(&self, why: End, last: Option<Bytes>) {
+        let waker = {
+            let mut inner = self.inner.lock();
+            if inner.end.is_some() {
+                return;
+            }
+            if let Some(last) = last {
+                inner.bytes += last.len();
+                inner.chunks.push(last);
+            }
+            inner.end = Some(why);
+            inner.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    pub fn ended(&self) -> Option<End> {
+        self.inner.lock().end
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.lock().bytes
+    }
+
+    /// Takes everything queued as one buffer (one socket write), or parks the
+    /// caller's waker. `Ready(None)` once the stream has ended and is empty.
+    pub fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<Option<Drained>> {
+        let mut inner = self.inner.lock();
+        if !inner.chunks.is_empty() {
+            let bytes = if inner.chunks.len() == 1 {
+                inner.chunks.pop().unwrap_or_default()
+            } else {
+                let mut buf = BytesMut::with_capacity(inner.bytes);
+                for c in inner.chunks.drain(..) {
+                    buf.extend_from_slice(&c);
+                }
+                buf.freeze()
+            };
+            // Give back a large chunk vector: idle connections should stay small.
+            if inner.chunks.capacity() > 64 {
+                inner.chunks = Vec::new();
+            }
+            inner.bytes = 0;
+            return Poll::Ready(Some(Drained {
+                bytes,
+                oldest_record_ms: inner.oldest.take(),
+            }));
+        }
+        if inner.end.is_some() {
+            return Poll::Ready(None);
+        }
+        match &inner.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => inner.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    fn drain(q: &ConnectionQueue) -> Poll<Option<Drained>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        q.poll_drain(&mut cx)
+    }
+
+    #[test]
+    fn coalesces_everything_queued_into_one_write() {
+        let q = ConnectionQueue::new(1024);
+        let mut w = Wakers::default();
+        let a = Bytes::from_static(b"id: 1\n");
+        let b = Bytes::from_static(b"data: x\n\n");
+        assert_eq!(q.push(&[&a, &b], Some(5), &mut w), Pushed::Queued);
+        assert_eq!(q.push(&[&a, &b], Some(9), &mut w), Pushed::Queued);
+        match drain(&q) {
+            Poll::Ready(Some(d)) => {
+                assert_eq!(&d.bytes[..], b"id: 1\ndata: x\n\nid: 1\ndata: x\n\n");
+                assert_eq!(d.oldest_record_ms, Some(5));
+            }
+            _ => panic!("expected a write"),
+        }
+        assert!(drain(&q).is_pending());
+    }
+
+    #[test]
+    fn a_client_past_its_bound_is_cut_off_and_loses_its_backlog() {
+        let q = ConnectionQueue::new(10);
+        let mut w = Wakers::default();
+        let f = Bytes::from_static(b"123456");
+        assert_eq!(q.push(&[&f], None, &mut w), Pushed::Queued);
+        assert_eq!(q.push(&[&f], None, &mut w), Pushed::Overflowed);
+        assert_eq!(q.push(&[&f], None, &mut w), Pushed::Ended);
+        assert_eq!(q.ended(), Some(End::Slow));
+        assert!(matches!(drain(&q), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn drain_end_sends_the_last_words_first() {
+        let q = ConnectionQueue::new(100);
+        q.end(End::Drain, Some(Bytes::from_static(b"retry: 5\n\n")));
+        assert!(matches!(drain(&q), Poll::Ready(Some(d)) if &d.bytes[..] == b"retry: 5\n\n"));
+        assert!(matches!(drain(&q), Poll::Ready(None)));
+    }
+}

@@ -1,0 +1,496 @@
+//! The node: start-up, the accept loop, routing, and shutdown with drain.
+//!
+//! hyper 1.x with hyper-util serves HTTP/1.1 and HTTP/2 on one port; the
+//! header-read timeout is always on (it needs a timer, or it never fires).
+//! The listen backlog is 4096 so that a reconnect storm is queued, not
+//! refused. On SIGTERM the node turns unready at once, keeps answering new
+//! streams with `retry:` and an immediate end (never a non-200 status: a
+//! browser's EventSource would give up for good), and closes its open streams
+//! spread over the drain window, each with a jittered `retry:`, so clients
+//! come back through the load balancer without a thundering herd.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rand::Rng;
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::producer::FutureProducer;
+use serde_json::json;
+use tokio::net::TcpSocket;
+use tokio_util::sync::CancellationToken;
+
+use crate::catchup::Catchup;
+use crate::config::Config;
+use crate::embedded::EmbeddedKafka;
+use crate::error::ApiError;
+use crate::ingest::Ingest;
+use crate::kafka::{self, Kafka};
+use crate::metrics::Metrics;
+use crate::queue::{End, Wakers};
+use crate::registry::{Connection, Registry, ReplayBufferLimits};
+use crate::subscribe::{self, SelectorLimits};
+use crate::{publish, sse};
+
+const PAGE: &str = include_str!("page/index.html");
+const LISTEN_BACKLOG: u32 = 4096;
+const READINESS_EVERY: Duration = Duration::from_secs(2);
+
+type HttpBody = BoxBody<Bytes, Infallible>;
+
+/// Everything a request handler may touch.
+pub struct NodeContext {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    pub kafka: Kafka,
+    pub ingest: Ingest,
+    pub catchup: Catchup,
+    pub producer: FutureProducer,
+    pub embedded: Option<Arc<EmbeddedKafka>>,
+    pub bootstrap: String,
+    kafka_reachable: AtomicBool,
+    draining: AtomicBool,
+    stop_accepting: CancellationToken,
+}
+
+impl NodeContext {
+    pub fn is_ready(&self) -> bool {
+        self.kafka_reachable.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// A running node.
+pub struct Node {
+    context: Arc<NodeContext>,
+    addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts a node: Kafka clients (an embedded Kafka without `--brokers`),
+    /// the ingest thread, the catch-up readers, and the HTTP listener.
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        let embedded = match &config.brokers {
+            Some(_) => None,
+            None => Some(Arc::new(
+                tokio::task::spawn_blocking(EmbeddedKafka::start).await??,
+            )),
+        };
+        let bootstrap = match (&config.brokers, &embedded) {
+            (Some(b), _) => b.clone(),
+            (None, Some(e)) => e.bootstrap_servers().to_owned(),
+            (None, None) => unreachable!("an embedded Kafka starts when no brokers are given"),
+        };
+        if let (Some(e), Some(topic)) = (&embedded, &config.demo_topic) {
+            let (e, topic, n) = (e.clone(), topic.clone(), config.embedded_partitions);
+            tokio::task::spawn_blocking(move || e.create_topic(&topic, n)).await??;
+        }
+        let consumer: Arc<BaseConsumer> =
+            Arc::new(kafka::consumer_config(&config, &bootstrap, "ingest").create()?);
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::new(
+            ReplayBufferLimits {
+                bytes: config.replay_buffer_bytes,
+                records: config.replay_buffer_records,
+            },
+            config.queue_bytes,
+            metrics,
+        ));
+        let ingest = Ingest::start(
+            consumer.clone(),
+            registry.clone(),
+            config.partition_linger,
+            config.event_header.clone(),
+        )?;
+        let catchup = Catchup::start(
+            config.catchup_readers,
+            kafka::consumer_config(&config, &bootstrap, "catchup"),
+            registry.clone(),
+            config.event_header.clone(),
+        )?;
+        let producer = kafka::producer(&config, &bootstrap)?;
+        let listener = bind(config.listen)?;
+        let addr = listener.local_addr()?;
+        let context = Arc::new(NodeContext {
+            kafka: Kafka::new(consumer),
+            registry,
+            ingest,
+            catchup,
+            producer,
+            embedded,
+            bootstrap,
+            kafka_reachable: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            stop_accepting: CancellationToken::new(),
+            config,
+        });
+        context
+            .kafka_reachable
+            .store(context.kafka.reachable().await, Ordering::Release);
+        let background = vec![
+            tokio::spawn(watch_kafka(context.clone())),
+            tokio::spawn(heartbeats(context.clone())),
+        ];
+        let server = tokio::spawn(serve(context.clone(), listener));
+        tracing::info!(
+            listen = %addr,
+            kafka = %context.bootstrap,
+            embedded = context.embedded.is_some(),
+            "herald is serving on http://{addr}/ with Kafka at {}",
+            context.bootstrap
+        );
+        Ok(Node {
+            context,
+            addr,
+            server,
+            background,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.context.bootstrap
+    }
+
+    pub fn context(&self) -> &Arc<NodeContext> {
+        &self.context
+    }
+
+    /// Creates a topic on the embedded Kafka.
+    pub async fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        let Some(e) = self.context.embedded.clone() else {
+            anyhow::bail!("this node has no embedded Kafka; create topics on your cluster");
+        };
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || e.create_topic(&name, partitions)).await??;
+        Ok(())
+    }
+
+    /// Drains (closing streams spread over `window`) and stops everything.
+    pub async fn shutdown(self, window: Duration) {
+        let ctx = self.context.clone();
+        ctx.draining.store(true, Ordering::Release);
+        tracing::info!(connections = ctx.registry.connection_count(), window = ?window, "draining");
+        drain(&ctx, window).await;
+        ctx.stop_accepting.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.server).await;
+        for task in self.background {
+            task.abort();
+        }
+        let stopper = ctx.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            stopper.catchup.stop();
+            stopper.ingest.stop();
+            if let Some(e) = &stopper.embedded {
+                e.stop();
+            }
+        })
+        .await;
+        tracing::info!("stopped");
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Closes every open stream, spread evenly over `window`, each told to come
+/// back after a random part of the window.
+async fn drain(ctx: &NodeContext, window: Duration) {
+    let connections = ctx.registry.connections();
+    let n = connections.len().max(1) as u32;
+    let started = tokio::time::Instant::now();
+    for (i, connection) in connections.iter().enumerate() {
+        let at = started + window * i as u32 / n;
+        tokio::time::sleep_until(at).await;
+        let jitter = rand::thread_rng().gen_range(0..=window.as_millis().max(1) as u64);
+        connection
+            .queue
+            .end(End::Drain, Some(sse::retry(ctx.config.retry_ms + jitter)));
+    }
+}
+
+async fn serve(ctx: Arc<NodeContext>, listener: tokio::net::TcpListener) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.config.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of files, most likely: back off rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let ctx = ctx.clone();
+                let service = service_fn(move |req| handle(ctx.clone(), peer, req));
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let watched = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = watched.await;
+                });
+            }
+            _ = ctx.stop_accepting.cancelled() => break,
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+}
+
+async fn watch_kafka(ctx: Arc<NodeContext>) {
+    let mut tick = tokio::time::interval(READINESS_EVERY);
+    loop {
+        tick.tick().await;
+        let ok = ctx.kafka.reachable().await;
+        if ok != ctx.kafka_reachable.swap(ok, Ordering::AcqRel) {
+            tracing::info!(reachable = ok, "kafka reachability changed");
+        }
+    }
+}
+
+async fn heartbeats(ctx: Arc<NodeContext>) {
+    let beat = Bytes::from_static(sse::HEARTBEAT);
+    let mut tick = tokio::time::interval(ctx.config.heartbeat);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let mut wakers = Wakers::default();
+        for connection in ctx.registry.connections() {
+            if connection.queue.queued_bytes() == 0 {
+                connection.queue.push(&[&beat], None, &mut wakers);
+            }
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: String) -> Response<HttpBody> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Full::new(Bytes::from(body)).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
+fn error_response(ctx: &NodeContext, e: &ApiError) -> Response<HttpBody> {
+    ctx.registry.metrics.http_rejections.inc();
+    json_response(e.status(), e.body())
+}
+
+fn sse_headers(status: StatusCode) -> http::response::Builder {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+}
+
+/// 200, `retry:` and the end: how an SSE endpoint says "not now, come back
+/// through the load balancer" without making EventSource give up.
+fn come_back_later(ctx: &NodeContext, why: &str) -> Response<HttpBody> {
+    let jitter = rand::thread_rng().gen_range(0..=ctx.config.retry_ms.max(1));
+    let mut body = format!(": {why}\n").into_bytes();
+    body.extend_from_slice(&sse::retry(ctx.config.retry_ms + jitter));
+    sse_headers(StatusCode::OK)
+        .body(Full::new(Bytes::from(body)).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
+async fn handle(
+    ctx: Arc<NodeContext>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<HttpBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let response = match (method.clone(), path.as_str()) {
+        (Method::GET, "/v1/events") => events(&ctx, peer, &req).await,
+        (Method::POST, p) if p.starts_with("/v1/topics/") => {
+            let topic = percent_decode(&p["/v1/topics/".len()..]);
+            let query = req.uri().query().map(str::to_owned);
+            let (parts, body) = req.into_parts();
+            match publish::publish(&ctx, &topic, query.as_deref(), &parts.headers, body).await {
+                Ok(v) => json_response(StatusCode::OK, v.to_string()),
+                Err(e) => error_response(&ctx, &e),
+            }
+        }
+        (Method::GET | Method::HEAD, "/") => Response::builder()
+            .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+            .body(Full::new(Bytes::from_static(PAGE.as_bytes())).boxed())
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed())),
+        (Method::GET, "/healthz") => {
+            json_response(StatusCode::OK, json!({"status": "ok"}).to_string())
+        }
+        (Method::GET, "/readyz") => readiness(&ctx),
+        (Method::GET, "/metrics") => Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(ctx.registry.metrics.render())).boxed())
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed())),
+        (Method::GET, "/v1/stats") => json_response(StatusCode::OK, stats(&ctx).to_string()),
+        (_, "/v1/events" | "/healthz" | "/readyz" | "/metrics" | "/v1/stats" | "/") => {
+            error_response(&ctx, &ApiError::MethodNotAllowed(method.to_string()))
+        }
+        (_, p) if p.starts_with("/v1/topics/") => {
+            error_response(&ctx, &ApiError::MethodNotAllowed(method.to_string()))
+        }
+        (_, p) => error_response(&ctx, &ApiError::NotFound(p.to_owned())),
+    };
+    Ok(response)
+}
+
+fn percent_decode(text: &str) -> String {
+    form_urlencoded::parse(format!("t={}", text.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+async fn events(
+    ctx: &Arc<NodeContext>,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+) -> Response<HttpBody> {
+    let header_id = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok());
+    let request =
+        match subscribe::parse_request(req.uri().query(), header_id, SelectorLimits::default()) {
+            Ok(r) => r,
+            Err(e) => return error_response(ctx, &e),
+        };
+    if ctx.draining.load(Ordering::Acquire) {
+        return come_back_later(ctx, "draining");
+    }
+    match subscribe::open(ctx, request, peer).await {
+        Ok(sub) => sse_headers(StatusCode::OK)
+            .body(
+                SseBody {
+                    connection: sub.connection.clone(),
+                    registry: ctx.registry.clone(),
+                }
+                .boxed(),
+            )
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed())),
+        Err(ApiError::Kafka(e)) => {
+            tracing::warn!(error = %e, "subscribe failed on Kafka; asking the client to retry");
+            come_back_later(ctx, "kafka unavailable")
+        }
+        Err(e) => error_response(ctx, &e),
+    }
+}
+
+fn readiness(ctx: &NodeContext) -> Response<HttpBody> {
+    let kafka = ctx.kafka_reachable.load(Ordering::Acquire);
+    let draining = ctx.draining.load(Ordering::Acquire);
+    let status = if ctx.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(
+        status,
+        json!({"ready": ctx.is_ready(), "kafka_reachable": kafka, "draining": draining})
+            .to_string(),
+    )
+}
+
+fn stats(ctx: &NodeContext) -> serde_json::Value {
+    let snap = ctx.registry.snapshot();
+    let assigned: Vec<_> = snap.partitions.iter().filter(|p| p.assigned).collect();
+    json!({
+        "node_id": ctx.config.node_id,
+        "connections": ctx.registry.connection_count(),
+        "subscriptions": {"topics": snap.topics, "keys": snap.keys},
+        "assigned_partitions": assigned,
+        "partitions": snap.partitions,
+        "kafka": {
+            "bootstrap_servers": ctx.bootstrap,
+            "embedded": ctx.embedded.is_some(),
+            "reachable": ctx.kafka_reachable.load(Ordering::Acquire),
+        },
+        "ready": ctx.is_ready(),
+    })
+}
+
+/// The streaming response: drains the connection's queue, one write per
+/// wake-up; unregisters the connection when hyper drops it.
+pub struct SseBody {
+    connection: Arc<Connection>,
+    registry: Arc<Registry>,
+}
+
+impl Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.connection.queue.poll_drain(cx) {
+            Poll::Ready(Some(drained)) => {
+                let metrics = &self.registry.metrics;
+                metrics.bytes_delivered.inc_by(drained.bytes.len() as u64);
+                if let Some(ts) = drained.oldest_record_ms {
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(ts);
+                    metrics
+                        .delivery_latency
+                        .observe((now - ts).max(0) as f64 / 1000.0);
+                }
+                Poll::Ready(Some(Ok(Frame::data(drained.bytes))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for SseBody {
+    fn drop(&mut self) {
+        self.registry.unsubscribe(&self.connection);
+    }
+}

@@ -1,0 +1,217 @@
+//! Server-Sent Events wire encoding.
+//!
+//! An event is `id:` (the cursor) followed by a body: an optional `event:`
+//! line and one `data:` line per line of the value, then a blank line. The
+//! body is shared between connections; only the `id:` line is theirs.
+//!
+//! The SSE format cannot carry every byte: a CR ends a line, and browsers
+//! decode data as UTF-8. So a value that is not valid UTF-8, contains a CR, or
+//! itself begins with the marker is sent as `base64:` followed by standard
+//! padded base64. Everything else goes as is, LF-separated lines becoming
+//! separate `data:` fields that every parser joins back with LF. CR, LF and
+//! NUL never reach an `id:` or `event:` line.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{json, Map, Value};
+
+use crate::record::Record;
+
+/// Prefix of a base64-encoded value in `data:`.
+pub const BASE64_MARKER: &[u8] = b"base64:";
+
+/// Event types in this namespace are herald's own signals; producers cannot set them.
+pub const RESERVED_EVENT_PREFIX: &str = "herald.";
+
+const MAX_EVENT_TYPE_LEN: usize = 128;
+
+/// A heartbeat: an SSE comment that keeps proxies from timing the stream out.
+pub const HEARTBEAT: &[u8] = b":\n\n";
+
+/// Whether `value` must travel base64-encoded to arrive byte for byte.
+pub fn needs_base64(value: &[u8]) -> bool {
+    value.starts_with(BASE64_MARKER)
+        || value.contains(&b'\r')
+        || std::str::from_utf8(value).is_err()
+}
+
+/// The event type a record header asks for, if it is safe to put on an `event:` line.
+pub fn sanitize_event_type(raw: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(raw).ok()?.trim();
+    let ok = !text.is_empty()
+        && text.len() <= MAX_EVENT_TYPE_LEN
+        && !text.starts_with(RESERVED_EVENT_PREFIX)
+        && !text.chars().any(|c| c.is_control());
+    ok.then(|| text.to_owned())
+}
+
+/// Appends `data:` lines for `value`.
+pub fn put_data(out: &mut BytesMut, value: &[u8]) {
+    if value.is_empty() {
+        return; // id-only: moves the browser's last event id without firing a message
+    }
+    if needs_base64(value) {
+        out.put_slice(b"data: ");
+        out.put_slice(BASE64_MARKER);
+        let mut text = String::with_capacity(value.len() * 4 / 3 + 4);
+        STANDARD.encode_string(value, &mut text);
+        out.put_slice(text.as_bytes());
+        out.put_u8(b'\n');
+        return;
+    }
+    for line in value.split(|&b| b == b'\n') {
+        out.put_slice(b"data: ");
+        out.put_slice(line);
+        out.put_u8(b'\n');
+    }
+}
+
+/// The `id:` line for a cursor. Cursors are base64url, so nothing to escape.
+pub fn id_line(cursor: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(cursor.len() + 5);
+    out.put_slice(b"id: ");
+    out.put_slice(cursor.as_bytes());
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// The stream preamble: reconnection delay for the browser.
+pub fn retry(ms: u64) -> Bytes {
+    Bytes::from(format!("retry: {ms}\n\n"))
+}
+
+/// A herald signal event (`event: herald.<name>`) with a JSON payload.
+pub fn signal_body(name: &str, payload: &Value) -> Bytes {
+    let mut out = BytesMut::with_capacity(64);
+    out.put_slice(b"event: ");
+    out.put_slice(RESERVED_EVENT_PREFIX.as_bytes());
+    out.put_slice(name.as_bytes());
+    out.put_u8(b'\n');
+    put_data(&mut out, payload.to_string().as_bytes());
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// End of an id-only event (an `id:` line followed by a blank line).
+pub const ID_ONLY_BODY: &[u8] = b"\n";
+
+pub fn plain_body(record: &Record) -> Bytes {
+    let value = record.value.as_deref().unwrap_or_default();
+    let mut out = BytesMut::with_capacity(value.len() + 16);
+    if let Some(t) = &record.event_type {
+        out.put_slice(b"event: ");
+        out.put_slice(t.as_bytes());
+        out.put_u8(b'\n');
+    }
+    put_data(&mut out, value);
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+fn bytes_json(b: Option<&Bytes>) -> Value {
+    match b {
+        None => Value::Null,
+        Some(b) => match std::str::from_utf8(b) {
+            Ok(s) => Value::String(s.to_owned()),
+            Err(_) => json!({ "base64": STANDARD.encode(b) }),
+        },
+    }
+}
+
+pub fn envelope_body(record: &Record) -> Bytes {
+    let mut headers = Map::new();
+    for (name, value) in &record.headers {
+        headers.insert(name.clone(), bytes_json(value.as_ref()));
+    }
+    let envelope = json!({
+        "topic": &*record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": record.timestamp,
+        "key": bytes_json(record.key.as_ref()),
+        "headers": headers,
+        "value": bytes_json(record.value.as_ref()),
+    });
+    let mut out = BytesMut::with_capacity(128);
+    if let Some(t) = &record.event_type {
+        out.put_slice(b"event: ");
+        out.put_slice(t.as_bytes());
+        out.put_u8(b'\n');
+    }
+    // JSON text has no raw line breaks, so this is one data line.
+    put_data(&mut out, envelope.to_string().as_bytes());
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A minimal reading of the WHATWG event-stream parser, enough to check
+    /// that what we write decodes back to the value.
+    fn parse_data(frame: &[u8]) -> Option<Vec<u8>> {
+        let text = std::str::from_utf8(frame).ok()?;
+        let mut data: Option<String> = None;
+        for line in text.split('\n') {
+            if let Some(rest) = line.strip_prefix("data:") {
+                let rest = rest.strip_prefix(' ').unwrap_or(rest);
+                let d = data.get_or_insert_with(String::new);
+                d.push_str(rest);
+                d.push('\n');
+            }
+        }
+        let mut d = data?;
+        d.pop();
+        if let Some(b64) = d.strip_prefix("base64:") {
+            return STANDARD.decode(b64).ok();
+        }
+        Some(d.into_bytes())
+    }
+
+    fn body(value: &[u8]) -> Bytes {
+        let mut out = BytesMut::new();
+        put_data(&mut out, value);
+        out.put_u8(b'\n');
+        out.freeze()
+    }
+
+    #[test]
+    fn multi_line_values_become_several_data_fields() {
+        assert_eq!(&body(b"a\nb")[..], b"data: a\ndata: b\n\n");
+        assert_eq!(&body(b"line\n")[..], b"data: line\ndata: \n\n");
+        assert_eq!(&body(b" x")[..], b"data:  x\n\n");
+    }
+
+    #[test]
+    fn unsafe_values_are_marked_base64() {
+        assert_eq!(&body(b"a\rb")[..], b"data: base64:YQ1i\n\n");
+        assert_eq!(&body(b"\xff")[..], b"data: base64:/w==\n\n");
+        assert!(body(b"base64:x").starts_with(b"data: base64:YmFzZTY0Ong="));
+        assert_eq!(&body("ü€".as_bytes())[..], "data: ü€\n\n".as_bytes());
+    }
+
+    #[test]
+    fn event_types_are_sanitised() {
+        assert_eq!(sanitize_event_type(b"score"), Some("score".into()));
+        assert_eq!(sanitize_event_type(b"a\nid: x"), None);
+        assert_eq!(sanitize_event_type(b"a\0"), None);
+        assert_eq!(sanitize_event_type(b"herald.gap"), None);
+        assert_eq!(sanitize_event_type(b"\xff"), None);
+        assert_eq!(sanitize_event_type(b""), None);
+    }
+
+    proptest! {
+        #[test]
+        fn every_value_round_trips(value in proptest::collection::vec(any::<u8>(), 1..200)) {
+            prop_assert_eq!(parse_data(&body(&value)), Some(value));
+        }
+
+        #[test]
+        fn every_text_value_round_trips(value in "\\PC{1,80}") {
+            prop_assert_eq!(parse_data(&body(value.as_bytes())), Some(value.into_bytes()));
+        }
+    }
+}
