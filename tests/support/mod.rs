@@ -1,0 +1,402 @@
+//! Test harness: start real nodes on port 0 against a real Kafka-protocol
+//! broker (the embedded mock cluster, or Tansu), speak HTTP over real
+//! sockets, produce with a real Kafka client.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use tokio::sync::mpsc;
+
+pub use herald::{Config, Node};
+
+/// Waits for `cond` to hold, polling, or panics saying what was expected.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn config() -> Config {
+    let mut c = Config::for_listen("127.0.0.1:0".parse().expect("address"));
+    c.heartbeat = Duration::from_secs(15);
+    c.drain_window = Duration::from_millis(500);
+    c
+}
+
+/// A node with its own embedded Kafka.
+pub async fn node() -> Node {
+    node_with(config()).await
+}
+
+pub async fn node_with(config: Config) -> Node {
+    Node::start(config).await.expect("node starts")
+}
+
+pub fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "0")
+        .set("message.timeout.ms", "10000")
+        .create()
+        .expect("producer")
+}
+
+/// Produces one record and returns (partition, offset).
+pub async fn produce(
+    p: &FutureProducer,
+    topic: &str,
+    key: Option<&str>,
+    value: &[u8],
+) -> (i32, i64) {
+    let mut r = FutureRecord::to(topic).payload(value);
+    if let Some(k) = key {
+        r = r.key(k);
+    }
+    let d = p
+        .send(r, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+    (d.partition, d.offset)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: Option<String>,
+    pub retry: Option<u64>,
+}
+
+/// What the stream reader reports.
+#[derive(Debug)]
+pub enum Item {
+    Event(Event),
+    Comment,
+    End,
+}
+
+/// An SSE stream read by a minimal parser following the WHATWG rules.
+pub struct Stream {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+    items: mpsc::UnboundedReceiver<Item>,
+    pub last_id: Option<String>,
+    pub comments: usize,
+    pub ended: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> hyper::Response<hyper::body::Incoming> {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    sender
+        .send_request(req.body(Full::new(body)).expect("request"))
+        .await
+        .expect("response")
+}
+
+/// GET or POST, whole body as text.
+pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let resp = http(addr, method, path, &[], Bytes::copy_from_slice(body)).await;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+pub async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let (status, body) = request(addr, "GET", path, b"").await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).expect("json")
+}
+
+pub async fn stats(node: &Node) -> serde_json::Value {
+    get_json(node.local_addr(), "/v1/stats").await
+}
+
+/// The (topic, partition) pairs a node has assigned.
+pub async fn assigned(node: &Node) -> Vec<(String, i64)> {
+    let s = stats(node).await;
+    let mut out: Vec<(String, i64)> = s["assigned_partitions"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|p| {
+            (
+                p["topic"].as_str().unwrap_or_default().to_owned(),
+                p["partition"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+pub async fn metric(node: &Node, name: &str) -> f64 {
+    let (_, body) = request(node.local_addr(), "GET", "/metrics", b"").await;
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Opens `GET path` and, for a 200 event stream, parses events as they come.
+pub async fn open(addr: SocketAddr, path: &str, last_event_id: Option<&str>) -> Stream {
+    let headers: Vec<(&str, &str)> = last_event_id
+        .map(|id| ("last-event-id", id))
+        .into_iter()
+        .collect();
+    let resp = http(addr, "GET", path, &headers, Bytes::new()).await;
+    let status = resp.status().as_u16();
+    let hdrs: HashMap<String, String> = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                v.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let is_stream = hdrs
+        .get("content-type")
+        .is_some_and(|c| c.starts_with("text/event-stream"));
+    if status != 200 || !is_stream {
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Stream {
+            status,
+            headers: hdrs,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+            items: rx,
+            last_id: None,
+            comments: 0,
+            ended: true,
+            task: tokio::spawn(async {}),
+        };
+    }
+    let mut body = resp.into_body();
+    let task = tokio::spawn(async move {
+        let mut parser = Parser::default();
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            if let Ok(data) = frame.into_data() {
+                for item in parser.feed(&data) {
+                    if tx.send(item).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Item::End);
+    });
+    Stream {
+        status,
+        headers: hdrs,
+        body: String::new(),
+        items: rx,
+        last_id: None,
+        comments: 0,
+        ended: false,
+        task,
+    }
+}
+
+impl Stream {
+    /// The next event (skipping comments), or None at the end of the stream
+    /// or after `timeout`.
+    pub async fn next_event(&mut self, timeout: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.items.recv()).await {
+                Ok(Some(Item::Event(e))) => {
+                    if let Some(id) = &e.id {
+                        self.last_id = Some(id.clone());
+                    }
+                    return Some(e);
+                }
+                Ok(Some(Item::Comment)) => self.comments += 1,
+                Ok(Some(Item::End)) | Ok(None) => {
+                    self.ended = true;
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next event that carries data (skipping id-only and retry-only ones).
+    pub async fn next_data(&mut self, timeout: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let e = self.next_event(left).await?;
+            if e.data.is_some() {
+                return Some(e);
+            }
+        }
+    }
+
+    /// Collects `n` data events or panics after `timeout`.
+    pub async fn take(&mut self, n: usize, timeout: Duration) -> Vec<Event> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_data(left).await {
+                Some(e) => out.push(e),
+                None => panic!(
+                    "expected {n} events, got {} before {} ({:?})",
+                    out.len(),
+                    if self.ended {
+                        "the stream ended"
+                    } else {
+                        "the deadline"
+                    },
+                    out.last()
+                ),
+            }
+        }
+        out
+    }
+
+    /// Waits for the stream to end.
+    pub async fn until_end(&mut self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.ended {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let _ = self.next_event(left).await;
+        }
+        true
+    }
+}
+
+#[derive(Default)]
+struct Parser {
+    buf: Vec<u8>,
+    id: Option<String>,
+    event: Option<String>,
+    data: Option<String>,
+    retry: Option<u64>,
+}
+
+impl Parser {
+    fn feed(&mut self, chunk: &[u8]) -> Vec<Item> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            if line.is_empty() {
+                if self.data.is_some()
+                    || self.id.is_some()
+                    || self.retry.is_some()
+                    || self.event.is_some()
+                {
+                    let mut data = self.data.take();
+                    if let Some(d) = data.as_mut() {
+                        d.pop();
+                    }
+                    out.push(Item::Event(Event {
+                        id: self.id.take(),
+                        event: self.event.take(),
+                        data,
+                        retry: self.retry.take(),
+                    }));
+                }
+                continue;
+            }
+            if line.starts_with(':') {
+                out.push(Item::Comment);
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f.to_owned(), v.strip_prefix(' ').unwrap_or(v).to_owned()),
+                None => (line.clone(), String::new()),
+            };
+            match field.as_str() {
+                "id" => self.id = Some(value),
+                "event" => self.event = Some(value),
+                "data" => {
+                    let d = self.data.get_or_insert_with(String::new);
+                    d.push_str(&value);
+                    d.push('\n');
+                }
+                "retry" => self.retry = value.parse().ok(),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// A selector path for `topic` (and keys), URL-encoded.
+pub fn events_path(selectors: &[&str], extra: &str) -> String {
+    let mut q: Vec<String> = selectors
+        .iter()
+        .map(|s| {
+            format!(
+                "topic={}",
+                form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
+            )
+        })
+        .collect();
+    if !extra.is_empty() {
+        q.push(extra.to_owned());
+    }
+    format!("/v1/events?{}", q.join("&"))
+}
+
+pub const SECS_10: Duration = Duration::from_secs(10);
