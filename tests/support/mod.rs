@@ -400,3 +400,128 @@ pub fn events_path(selectors: &[&str], extra: &str) -> String {
 }
 
 pub const SECS_10: Duration = Duration::from_secs(10);
+
+/// A real Kafka-compatible broker (Tansu, SQLite storage) on a free loopback port.
+pub struct Tansu {
+    pub bootstrap: String,
+    child: tokio::process::Child,
+    _dir: TempDir,
+}
+
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            SystemClock::nanos()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct SystemClock;
+impl SystemClock {
+    fn nanos() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    }
+}
+
+fn tansu_binary() -> std::path::PathBuf {
+    let tools = std::env::var_os("HERALD_TOOLS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools"));
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default();
+    for candidate in [tools.join("bin/tansu"), home.join(".cargo/bin/tansu")] {
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    panic!("tansu is not installed: run `make test` (or `bash scripts/install-deps.sh test`)");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Tansu {
+    pub async fn start() -> Tansu {
+        let dir = TempDir::new("herald-tansu");
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = tokio::process::Command::new(tansu_binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&dir.0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("tansu starts");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        wait_for(
+            "tansu accepts connections",
+            Duration::from_secs(30),
+            || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
+        )
+        .await;
+        Tansu {
+            bootstrap: format!("127.0.0.1:{port}"),
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub async fn create_topic(&self, name: &str, partitions: i32) {
+        let out = tokio::process::Command::new(tansu_binary())
+            .args([
+                "topic",
+                "create",
+                name,
+                "--partitions",
+                &partitions.to_string(),
+            ])
+            .args(["--broker", &format!("tcp://{}", self.bootstrap)])
+            .output()
+            .await
+            .expect("tansu topic create runs");
+        assert!(
+            out.status.success(),
+            "create topic {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+/// A node reading from `bootstrap` (a real broker, or another node's embedded Kafka).
+pub async fn node_on(bootstrap: &str) -> Node {
+    let mut c = config();
+    c.brokers = Some(bootstrap.to_owned());
+    node_with(c).await
+}
