@@ -183,20 +183,26 @@ impl Reader {
         let stopping = &self.shared.stopping;
         let consumer = self.consumer.as_ref().ok_or(KafkaError::Canceled)?;
         assign(consumer, &topic, partition, from)?;
+        let mut deferred = Vec::new();
         let result = loop {
             if jobs.is_empty() || stopping.load(Ordering::Acquire) {
                 break Ok(());
             }
             let mut timeout = POLL_TIMEOUT;
+            let mut bytes = 0;
             for _ in 0..512 {
+                if bytes > 64 * 1024 {
+                    break;
+                }
                 let Some(polled) = consumer.poll(timeout) else {
                     break;
                 };
                 timeout = Duration::ZERO;
                 match polled {
                     Ok(m) => {
+                        bytes += m.payload_len();
                         let record = Record::from_message(topic.clone(), &m, &event_header);
-                        deliver(&registry, &mut jobs, &record, &mut wakers);
+                        deliver(&registry, &mut jobs, &mut deferred, &record, &mut wakers);
                     }
                     Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)) => {
                         // Retention overtook us mid-replay: say so, jump to the log start.
@@ -224,6 +230,18 @@ impl Reader {
         };
         if let Some(consumer) = self.consumer.as_ref() {
             unassign(consumer, &topic, partition);
+        }
+        // Clients that were not keeping up go back on the board for another pass.
+        if !deferred.is_empty() {
+            self.shared
+                .board
+                .lock()
+                .pending
+                .entry(key.clone())
+                .or_default()
+                .extend(deferred);
+            // Give those clients a moment to drain before the next pass.
+            std::thread::sleep(Duration::from_millis(10));
         }
         result
     }
@@ -263,21 +281,37 @@ fn hand_over(registry: &Registry, jobs: &mut Vec<Job>, wakers: &mut Wakers) {
     });
 }
 
-fn deliver(registry: &Registry, jobs: &mut Vec<Job>, record: &Record, wakers: &mut Wakers) {
-    jobs.retain(|job| {
+/// Delivers a replayed record to every job that needs it. A job whose
+/// client has not drained half its queue leaves this pass (into `deferred`)
+/// instead of being cut off: a replay can wait, Kafka keeps the records.
+fn deliver(
+    registry: &Registry,
+    jobs: &mut Vec<Job>,
+    deferred: &mut Vec<Job>,
+    record: &Record,
+    wakers: &mut Wakers,
+) {
+    let mut i = 0;
+    while i < jobs.len() {
+        let job = &jobs[i];
         let sub = &job.sub;
         if record.offset < sub.position(job.slot) {
-            return true;
+            i += 1;
+            continue;
         }
+        let matches = sub.shape.slots[job.slot].filter.matches(record.key.as_ref());
         let mut queue = sub.connection.queue.lock();
-        sub.set_position(job.slot, record.offset + 1);
-        if !sub.shape.slots[job.slot]
-            .filter
-            .matches(record.key.as_ref())
-        {
-            return true;
+        if matches && queue.is_filling(record.body(sub.shape.format).len() + 64) {
+            drop(queue);
+            deferred.push(jobs.swap_remove(i));
+            continue;
         }
-        match push_own(sub, &mut queue, record, wakers) {
+        sub.set_position(job.slot, record.offset + 1);
+        if !matches {
+            i += 1;
+            continue;
+        }
+        let keep = match push_own(sub, &mut queue, record, wakers) {
             Pushed::Queued => {
                 registry.metrics.events_delivered.inc();
                 true
@@ -287,8 +321,14 @@ fn deliver(registry: &Registry, jobs: &mut Vec<Job>, record: &Record, wakers: &m
                 false
             }
             Pushed::Ended => false,
+        };
+        drop(queue);
+        if keep {
+            i += 1;
+        } else {
+            jobs.swap_remove(i);
         }
-    });
+    }
 }
 
 fn assign(

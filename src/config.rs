@@ -61,6 +61,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_HEARTBEAT", default_value = "15s", value_parser = duration)]
     pub heartbeat: Duration,
 
+    /// How often keyed streams get an id-only event moving their cursor past
+    /// records that did not match (so a resume does not rescan).
+    #[arg(long, env = "HERALD_IDLE_ID_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub idle_id_interval: Duration,
+
     /// Bytes a connection may have queued before it is cut off as too slow.
     #[arg(long, env = "HERALD_QUEUE_BYTES", default_value_t = 1 << 20)]
     pub queue_bytes: usize,

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -26,6 +27,10 @@ use crate::registry::{FanoutBatch, PartitionLog, Registry};
 
 const POLL_TIMEOUT: Duration = Duration::from_millis(20);
 const MAX_BATCH: usize = 2048;
+/// Connection tasks are woken once per batch, so a batch must stay well
+/// under a connection's queue bound or every client would overflow on a
+/// backlog.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
 
 enum Command {
@@ -114,16 +119,20 @@ impl IngestLoop {
             }
             self.apply_commands();
             let mut polled = 0;
+            let mut bytes = 0;
             let mut timeout = POLL_TIMEOUT;
-            while polled < MAX_BATCH {
+            while polled < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 let Some(result) = self.consumer.poll(timeout) else {
                     break;
                 };
                 timeout = Duration::ZERO;
                 polled += 1;
                 match result {
-                    Ok(message) => self.ingest(&message, &mut batch),
-                    Err(e) => self.on_error(e),
+                    Ok(message) => {
+                        bytes += message.payload_len();
+                        self.ingest(&message, &mut batch)
+                    }
+                    Err(e) => self.on_error(e, &mut batch),
                 }
             }
             if polled > 0 {
@@ -145,9 +154,42 @@ impl IngestLoop {
         self.registry.fan_out(log, Arc::new(record), batch);
     }
 
-    fn on_error(&self, e: KafkaError) {
+    fn on_error(&mut self, e: KafkaError, batch: &mut FanoutBatch) {
         self.registry.metrics.kafka_errors.inc();
-        tracing::warn!(error = %e, "kafka consumer error");
+        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange) {
+            self.recover_out_of_range(batch);
+        } else {
+            tracing::warn!(error = %e, "kafka consumer error");
+        }
+    }
+
+    /// librdkafka does not say which partition went out of range, so check
+    /// every assigned one against its watermarks; those behind the log start
+    /// (or beyond the end: a recreated topic) jump to the start with an
+    /// explicit gap, and are unassigned and reassigned there.
+    fn recover_out_of_range(&mut self, batch: &mut FanoutBatch) {
+        let logs: Vec<Arc<PartitionLog>> = self.assigned.values().flat_map(|p| p.values().cloned()).collect();
+        for log in logs {
+            let Ok((low, high)) = self
+                .consumer
+                .fetch_watermarks(&log.topic, log.partition, Duration::from_secs(2))
+            else {
+                continue;
+            };
+            let live = log.live();
+            if live >= low && live <= high {
+                continue;
+            }
+            tracing::warn!(topic = %log.topic, partition = log.partition, live, low, high, "position out of range: gap");
+            self.registry.jump(&log, low, &mut batch.wakers);
+            let mut tpl = TopicPartitionList::new();
+            let _ = tpl.add_partition(&log.topic, log.partition);
+            let _ = self.consumer.incremental_unassign(&tpl);
+            if let Some(p) = self.assigned.get_mut(&*log.topic) {
+                p.remove(&log.partition);
+            }
+            self.failed.push(log);
+        }
     }
 
     fn apply_commands(&mut self) {

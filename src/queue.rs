@@ -85,6 +85,12 @@ impl Locked<'_> {
         self.guard.end.is_some()
     }
 
+    /// Whether `more` bytes would take the queue past half its bound: a
+    /// producer that can wait (a catch-up reader) should let it drain first.
+    pub fn is_filling(&self, more: usize) -> bool {
+        self.guard.bytes + more > self.limit / 2
+    }
+
     /// Queues one frame made of `parts`.
     pub fn push(
         &mut self,

@@ -114,9 +114,24 @@ impl Shape {
         let mut out = String::new();
         Cursor::encode_into(
             self.fingerprint,
-            self.slots.iter().map(|s| s.log.live()),
+            self.slots.iter().map(|s| s.log.live().max(0)),
             &mut out,
         );
+        out
+    }
+
+    /// The same, with `log` at `next` (the fan-out's view while it is
+    /// delivering the record before `next`, not yet published).
+    fn live_cursor_with(&self, log: &PartitionLog, next: i64) -> String {
+        let mut out = String::new();
+        let positions = self.slots.iter().map(|s| {
+            if std::ptr::eq(Arc::as_ptr(&s.log), log) {
+                next
+            } else {
+                s.log.live().max(0)
+            }
+        });
+        Cursor::encode_into(self.fingerprint, positions, &mut out);
         out
     }
 }
@@ -136,6 +151,8 @@ pub struct Subscriber {
     slots: Box<[SlotState]>,
     aligned: AtomicBool,
     closed: AtomicBool,
+    /// Hash of the last id-only cursor sent (see [`Registry::advance_idle_cursors`]).
+    last_idle_id: AtomicU64,
 }
 
 /// An open SSE stream.
@@ -330,6 +347,7 @@ impl Registry {
             shape,
             aligned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            last_idle_id: AtomicU64::new(0),
         });
         let _ = connection.subscriber.set(subscriber.clone());
         self.connections.insert(id, connection);
@@ -421,8 +439,19 @@ impl Registry {
                 state.position.store(position, Ordering::Release);
                 return Join::NeedsCatchup(position);
             }
-            self.metrics.replay_buffer_hits.inc();
             let mut queue = sub.connection.queue.lock();
+            let replay_bytes: usize = inner
+                .recent
+                .iter()
+                .filter(|r| r.offset >= position && shape_slot.filter.matches(r.key.as_ref()))
+                .map(|r| r.body(sub.shape.format).len() + 64)
+                .sum();
+            if queue.is_filling(replay_bytes) {
+                // More than the client can take at once: the paced catch-up serves it.
+                state.position.store(position, Ordering::Release);
+                return Join::NeedsCatchup(position);
+            }
+            self.metrics.replay_buffer_hits.inc();
             for record in inner.recent.iter().filter(|r| r.offset >= position) {
                 state.position.store(record.offset + 1, Ordering::Release);
                 if shape_slot.filter.matches(record.key.as_ref()) {
@@ -456,12 +485,17 @@ impl Registry {
     }
 
     /// Fans one record out to every interested subscriber of its partition.
+    ///
+    /// The partition's live position is published only after the record is
+    /// in every queue, and a lagging subscriber's own position moves under its
+    /// queue lock: a cursor computed meanwhile on another thread (a replay, a
+    /// catch-up reader) can then never claim a record its queue does not hold.
     pub fn fan_out(&self, log: &PartitionLog, record: Arc<Record>, batch: &mut FanoutBatch) {
         let mut inner = log.inner.lock();
         if inner.status != Status::Assigned || record.offset < log.live() {
             return; // released meanwhile, or already seen
         }
-        log.live.store(record.offset + 1, Ordering::Release);
+        let next = record.offset + 1;
         log.remember(&mut inner, &record, self.limits);
         let keyed = match &record.key {
             Some(k) if !inner.keyed.is_empty() => inner.keyed.get(k).map(|v| v.as_slice()),
@@ -471,7 +505,8 @@ impl Registry {
         let mut delivered = 0u64;
         for member in inner.whole.iter().chain(keyed.unwrap_or_default()) {
             let sub = &member.sub;
-            if record.offset < sub.slots[member.slot].position.load(Ordering::Acquire) {
+            let state = &sub.slots[member.slot];
+            if record.offset < state.position.load(Ordering::Acquire) {
                 continue; // this client's cursor is further on than we are
             }
             let body = record.body(sub.shape.format);
@@ -480,12 +515,13 @@ impl Registry {
                 let id = batch
                     .ids
                     .entry(shape_ptr)
-                    .or_insert_with(|| sse::id_line(&sub.shape.live_cursor()));
+                    .or_insert_with(|| sse::id_line(&sub.shape.live_cursor_with(log, next)));
                 sub.connection
                     .queue
                     .push(&[id, body], record.timestamp, &mut batch.wakers)
             } else {
                 let mut queue = sub.connection.queue.lock();
+                state.position.store(next, Ordering::Release);
                 push_own(sub, &mut queue, &record, &mut batch.wakers)
             };
             match pushed {
@@ -494,7 +530,65 @@ impl Registry {
                 Pushed::Ended => {}
             }
         }
+        log.live.store(next, Ordering::Release);
         self.metrics.events_delivered.inc_by(delivered);
+    }
+
+    /// Sends id-only events to keyed subscriptions whose cursor moved past
+    /// records that did not match them, so that a resume after a quiet spell
+    /// does not rescan the partition. Each slot's partition is locked (in
+    /// slot order, the only place that holds several) so that the id agrees
+    /// with what the fan-out has queued. Returns how many were sent.
+    pub fn advance_idle_cursors(&self, wakers: &mut Wakers) -> usize {
+        let mut sent = 0;
+        for connection in self.connections() {
+            let Some(sub) = connection.subscriber() else {
+                continue;
+            };
+            let keyed = sub.shape.slots.iter().any(|s| matches!(s.filter, Filter::Keys(_)));
+            if !keyed || connection.queue.queued_bytes() > 0 {
+                continue;
+            }
+            let _held: Vec<_> = sub.shape.slots.iter().map(|s| s.log.inner.lock()).collect();
+            let mut queue = connection.queue.lock();
+            let cursor = if sub.aligned.load(Ordering::Acquire) {
+                sub.shape.live_cursor()
+            } else {
+                sub.own_cursor()
+            };
+            let hash = u64::from(murmur2::murmur2(cursor.as_bytes(), 1)) | 1 << 32;
+            if sub.last_idle_id.swap(hash, Ordering::AcqRel) == hash {
+                continue;
+            }
+            let id = sse::id_line(&cursor);
+            let end = Bytes::from_static(sse::ID_ONLY_BODY);
+            if queue.push(&[&id, &end], None, wakers) == Pushed::Queued {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    /// Moves a live partition forward to `low` after Kafka said its position
+    /// is out of range (retention overtook it, or the topic was recreated):
+    /// every subscriber gets a `herald.gap` event first.
+    pub fn jump(&self, log: &PartitionLog, low: i64, wakers: &mut Wakers) {
+        let mut inner = log.inner.lock();
+        let from = log.live();
+        let members: Vec<Member> = inner
+            .whole
+            .iter()
+            .chain(inner.keyed.values().flatten())
+            .cloned()
+            .collect();
+        log.live.store(low, Ordering::Release);
+        inner.recent.clear();
+        inner.recent_bytes = 0;
+        inner.recent_floor = low;
+        for m in members {
+            self.metrics.gaps.inc();
+            push_gap(&m.sub, m.slot, from, low, wakers);
+        }
     }
 
     /// Releases partitions nobody has wanted for `linger`. Returns the logs

@@ -145,6 +145,7 @@ impl Node {
         let background = vec![
             tokio::spawn(watch_kafka(context.clone())),
             tokio::spawn(heartbeats(context.clone())),
+            tokio::spawn(idle_cursors(context.clone())),
         ];
         let server = tokio::spawn(serve(context.clone(), listener));
         tracing::info!(
@@ -300,6 +301,21 @@ async fn heartbeats(ctx: Arc<NodeContext>) {
                 connection.queue.push(&[&beat], None, &mut wakers);
             }
         }
+    }
+}
+
+async fn idle_cursors(ctx: Arc<NodeContext>) {
+    let mut tick = tokio::time::interval(ctx.config.idle_id_interval);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let registry = ctx.registry.clone();
+        // Takes partition locks one connection at a time: keep it off the workers' hot path.
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut wakers = Wakers::default();
+            registry.advance_idle_cursors(&mut wakers)
+        })
+        .await;
     }
 }
 

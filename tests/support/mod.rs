@@ -324,7 +324,7 @@ impl Stream {
 }
 
 #[derive(Default)]
-struct Parser {
+pub struct Parser {
     buf: Vec<u8>,
     id: Option<String>,
     event: Option<String>,
@@ -333,7 +333,7 @@ struct Parser {
 }
 
 impl Parser {
-    fn feed(&mut self, chunk: &[u8]) -> Vec<Item> {
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<Item> {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
         while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {

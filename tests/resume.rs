@@ -1,0 +1,374 @@
+//! Lossless resume: cursors survive cuts, other nodes, slow reading,
+//! retention gaps and mass reconnects.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rand::Rng;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use support::*;
+
+/// Checks per-key sequence numbers in values `key:seq`: every key's records
+/// must arrive exactly once and in order.
+#[derive(Default)]
+struct Verifier {
+    next: HashMap<String, u64>,
+    received: u64,
+}
+
+impl Verifier {
+    fn see(&mut self, value: &str) {
+        let (key, seq) = value.split_once(':').unwrap_or_else(|| panic!("value {value:?}"));
+        let seq: u64 = seq.parse().unwrap_or_else(|_| panic!("seq in {value:?}"));
+        let expected = self.next.entry(key.to_owned()).or_insert(0);
+        assert_eq!(seq, *expected, "key {key}: expected seq {expected}, got {seq} (lost or duplicated)");
+        *expected += 1;
+        self.received += 1;
+    }
+}
+
+/// Produces `per_key` records for each key, `key:seq`, concurrently but in
+/// order per key (one producer, no retries needed on the mock).
+async fn produce_sequence(p: &FutureProducer, topic: &str, keys: &[String], seqs: std::ops::Range<u64>, pause: Duration) {
+    for seq in seqs {
+        let mut pending = Vec::new();
+        for k in keys {
+            let value = format!("{k}:{seq}");
+            let fut = p.send_result(FutureRecord::to(topic).key(k).payload(&value));
+            match fut {
+                Ok(f) => pending.push(f),
+                Err((e, _)) => panic!("enqueue: {e}"),
+            }
+        }
+        for f in pending {
+            let _ = f.await.expect("delivery").map_err(|(e, _)| panic!("produce: {e}"));
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await; // pacing the producer, not waiting for a condition
+        }
+    }
+}
+
+fn keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("k{i}")).collect()
+}
+
+/// Reads a stream with cuts at random points, resuming each time with the
+/// last id, until `expected` records passed the verifier.
+async fn read_with_cuts(
+    addr: std::net::SocketAddr,
+    path: String,
+    expected: u64,
+    mut verifier: Verifier,
+    first: Stream,
+    max_events_between_cuts: usize,
+) -> (Verifier, usize) {
+    let mut cuts = 0;
+    let mut stream = first;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let budget = rand::thread_rng().gen_range(1..=max_events_between_cuts);
+        let mut read = 0;
+        while read < budget && verifier.received < expected {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            assert!(!left.is_zero(), "deadline: {} of {expected} received", verifier.received);
+            match stream.next_event(left.min(SECS_10)).await {
+                Some(e) => {
+                    if let Some(d) = &e.data {
+                        verifier.see(d);
+                        read += 1;
+                    }
+                }
+                None => break,
+            }
+        }
+        if verifier.received >= expected {
+            return (verifier, cuts);
+        }
+        let last = stream.last_id.clone();
+        drop(stream);
+        cuts += 1;
+        stream = open(addr, &path, last.as_deref()).await;
+        assert_eq!(stream.status, 200, "{}", stream.body);
+        stream.last_id = last;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_random_cuts_loses_nothing_and_duplicates_nothing() {
+    let node = node().await;
+    node.create_topic("cuts", 8).await.expect("topic");
+    let addr = node.local_addr();
+    let all_keys = keys(40);
+    let per_key = 100u64;
+    let whole_path = events_path(&["cuts"], "");
+    let keyed_path = events_path(&["cuts/k3", "cuts/k17", "cuts/k29"], "");
+    let whole = open(addr, &whole_path, None).await;
+    let keyed = open(addr, &keyed_path, None).await;
+    let p = producer(node.bootstrap_servers());
+    let producing = {
+        let keys = all_keys.clone();
+        tokio::spawn(async move { produce_sequence(&p, "cuts", &keys, 0..per_key, Duration::from_millis(5)).await })
+    };
+    let whole_reader = tokio::spawn(read_with_cuts(addr, whole_path, 40 * per_key, Verifier::default(), whole, 20));
+    let keyed_reader = tokio::spawn(read_with_cuts(addr, keyed_path, 3 * per_key, Verifier::default(), keyed, 3));
+    producing.await.expect("producer");
+    let (w, whole_cuts) = whole_reader.await.expect("whole reader");
+    let (k, keyed_cuts) = keyed_reader.await.expect("keyed reader");
+    assert_eq!(w.received, 4000);
+    assert_eq!(k.received, 300);
+    assert!(whole_cuts + keyed_cuts >= 200, "hundreds of cuts: {whole_cuts} + {keyed_cuts}");
+    assert_eq!(k.next.len(), 3, "the keyed stream saw only its keys");
+    println!("cuts: whole {whole_cuts}, keyed {keyed_cuts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_on_another_node_of_the_same_kafka() {
+    let a = node().await;
+    a.create_topic("shared", 8).await.expect("topic");
+    let b = node_on(a.bootstrap_servers()).await;
+    let path = events_path(&["shared"], "");
+    let mut s = open(a.local_addr(), &path, None).await;
+    let p = producer(a.bootstrap_servers());
+    let ks = keys(16);
+    produce_sequence(&p, "shared", &ks, 0..10, Duration::ZERO).await;
+    let mut v = Verifier::default();
+    for e in s.take(70, SECS_10).await {
+        v.see(e.data.as_deref().unwrap_or_default());
+    }
+    let last = s.last_id.clone();
+    drop(s);
+    produce_sequence(&p, "shared", &ks, 10..15, Duration::ZERO).await;
+    // Node b has never read this topic: it starts the partitions at the cursor.
+    let mut s = open(b.local_addr(), &path, last.as_deref()).await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    for e in s.take(16 * 15 - 70, SECS_10).await {
+        v.see(e.data.as_deref().unwrap_or_default());
+    }
+    assert!(s.next_data(Duration::from_millis(300)).await.is_none(), "no duplicate after the end");
+    // And back to a, which has moved on meanwhile.
+    let last = s.last_id.clone();
+    drop(s);
+    produce_sequence(&p, "shared", &ks, 15..16, Duration::ZERO).await;
+    let mut s = open(a.local_addr(), &path, last.as_deref()).await;
+    for e in s.take(16, SECS_10).await {
+        v.see(e.data.as_deref().unwrap_or_default());
+    }
+    assert_eq!(v.received, 16 * 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_below_the_log_start_yields_an_explicit_gap() {
+    let node = node().await;
+    node.create_topic("retained", 1).await.expect("topic");
+    let path = events_path(&["retained"], "");
+    let mut s = open(node.local_addr(), &path, None).await;
+    let p = producer(node.bootstrap_servers());
+    produce(&p, "retained", None, b"first").await;
+    assert_eq!(s.next_data(SECS_10).await.and_then(|e| e.data).as_deref(), Some("first"));
+    let cursor = s.last_id.clone().expect("id");
+    drop(s);
+    // The mock cluster keeps about 5 MiB per partition: push the start past our cursor.
+    let big = vec![b'x'; 64 * 1024];
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", node.bootstrap_servers())
+        .create()
+        .expect("consumer");
+    let mut low = 0;
+    for _ in 0..400 {
+        let mut batch = Vec::new();
+        for _ in 0..16 {
+            batch.push(p.send_result(FutureRecord::<(), _>::to("retained").payload(&big[..])).map_err(|(e, _)| e).expect("enqueue"));
+        }
+        for f in batch {
+            let _ = f.await.expect("delivered");
+        }
+        low = tokio::task::block_in_place(|| {
+            rdkafka::consumer::Consumer::fetch_watermarks(&consumer, "retained", 0, Duration::from_secs(5))
+        })
+        .expect("watermarks")
+        .0;
+        if low > 1 {
+            break;
+        }
+    }
+    assert!(low > 1, "retention moved the log start (low watermark {low})");
+    produce(&p, "retained", None, b"after").await;
+    let mut s = open(node.local_addr(), &path, Some(&cursor)).await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    let gap = s.next_data(SECS_10).await.expect("gap event");
+    assert_eq!(gap.event.as_deref(), Some("herald.gap"));
+    let g: serde_json::Value = serde_json::from_str(gap.data.as_deref().unwrap_or_default()).expect("json");
+    assert_eq!(g["topic"], "retained");
+    assert_eq!(g["partition"], 0);
+    assert_eq!(g["requested"], 1);
+    assert_eq!(g["resumed"], low);
+    // Then the stream continues from the oldest record still there.
+    let next = s.next_data(SECS_10).await.expect("records after the gap");
+    assert_eq!(next.event, None);
+    assert_eq!(next.data.as_deref().map(str::len), Some(64 * 1024));
+    // The gap event's own id resumes after the gap, not before it.
+    let mut again = open(node.local_addr(), &path, gap.id.as_deref()).await;
+    let first = again.next_data(SECS_10).await.expect("record");
+    assert_ne!(first.event.as_deref(), Some("herald.gap"));
+    assert_eq!(metric(&node, "herald_gaps_total").await, 1.0, "one gap, not a second one");
+}
+
+/// Opens a stream whose client reads nothing (tiny receive buffer).
+async fn stalled_client(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("request");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_cut_off_and_resumes_with_nothing_lost() {
+    let mut c = config();
+    c.queue_bytes = 256 * 1024;
+    let node = node_with(c).await;
+    node.create_topic("firehose", 4).await.expect("topic");
+    let addr = node.local_addr();
+    let path = events_path(&["firehose"], "");
+    let mut fast = open(addr, &path, None).await;
+    let mut slow = stalled_client(addr, &path).await;
+    wait_for("both streams registered", SECS_10, || async { stats(&node).await["connections"] == 2 }).await;
+    let p = producer(node.bootstrap_servers());
+    let ks = keys(8);
+    let pad = "p".repeat(1000);
+    let producing = {
+        let node_bs = node.bootstrap_servers().to_owned();
+        let ks = ks.clone();
+        tokio::spawn(async move {
+            let p = producer(&node_bs);
+            for seq in 0..1000u64 {
+                let mut pending = Vec::new();
+                for k in &ks {
+                    let value = format!("{k}:{seq}:{pad}");
+                    pending.push(p.send_result(FutureRecord::to("firehose").key(k).payload(&value)).map_err(|(e, _)| e).expect("enqueue"));
+                }
+                for f in pending {
+                    let _ = f.await.expect("delivered");
+                }
+            }
+        })
+    };
+    let _ = &p;
+    // The fast reader keeps up and is never cut.
+    let mut fast_v = Verifier::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while fast_v.received < 8000 {
+        assert!(tokio::time::Instant::now() < deadline, "fast reader got {}", fast_v.received);
+        let e = fast.next_data(SECS_10).await.expect("fast reader is not cut");
+        let d = e.data.unwrap_or_default();
+        fast_v.see(d.rsplit_once(':').map(|x| x.0).unwrap_or_default());
+    }
+    producing.await.expect("producer");
+    assert!(metric(&node, "herald_slow_disconnects_total").await >= 1.0, "the slow reader was cut off");
+    // The slow client now reads what reached it, then resumes from its last id.
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    tokio::time::timeout(SECS_10, slow.read_to_end(&mut raw)).await.expect("server closed it").expect("read");
+    let header_end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("headers") + 4;
+    let mut parser = Parser::default();
+    let mut v = Verifier::default();
+    let mut last = None;
+    for item in parser.feed(&raw[header_end..]) {
+        if let Item::Event(e) = item {
+            if let Some(d) = &e.data {
+                v.see(d.rsplit_once(':').map(|x| x.0).unwrap_or_default());
+            }
+            if e.id.is_some() {
+                last = e.id;
+            }
+        }
+    }
+    assert!(v.received < 8000, "it really fell behind ({} received before the cut)", v.received);
+    let before = v.received;
+    let mut s = open(addr, &path, last.as_deref()).await;
+    while v.received < 8000 {
+        let e = s.next_data(SECS_10).await.unwrap_or_else(|| panic!("resumed reader stalled at {}", v.received));
+        let d = e.data.unwrap_or_default();
+        v.see(d.rsplit_once(':').map(|x| x.0).unwrap_or_default());
+    }
+    println!("slow reader: {before} before the cut, {} after resuming", 8000 - before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mass_resume_uses_a_bounded_pool_of_catchup_readers() {
+    let mut c = config();
+    c.replay_buffer_records = 8; // force reads from Kafka
+    c.catchup_readers = 2;
+    let node = node_with(c).await;
+    node.create_topic("mass", 8).await.expect("topic");
+    let addr = node.local_addr();
+    let ks = keys(50);
+    let clients = 2000;
+    let paths: Vec<String> = (0..clients)
+        .map(|i| if i % 20 == 0 { events_path(&["mass"], "") } else { events_path(&[&format!("mass/k{}", i % 50)], "") })
+        .collect();
+    let p = producer(node.bootstrap_servers());
+    produce_sequence(&p, "mass", &ks, 0..1, Duration::ZERO).await;
+    // Everyone gets a cursor from a first record, then disconnects.
+    let mut cursors = Vec::with_capacity(clients);
+    let mut streams = Vec::with_capacity(clients);
+    for path in &paths {
+        streams.push(open(addr, path, None).await);
+    }
+    produce_sequence(&p, "mass", &ks, 1..2, Duration::ZERO).await;
+    for (s, path) in streams.iter_mut().zip(&paths) {
+        // A whole-topic client takes all 50 first records, a keyed one its own.
+        let n = if path.ends_with("topic=mass") { 50 } else { 1 };
+        let got = s.take(n, SECS_10).await;
+        cursors.push(got.last().and_then(|e| e.id.clone()).expect("id"));
+    }
+    drop(streams);
+    wait_for("all disconnected", SECS_10, || async { stats(&node).await["connections"] == 0 }).await;
+    // Five seconds of records at 200/s while they are away.
+    let started = std::time::Instant::now();
+    produce_sequence(&p, "mass", &ks, 2..22, Duration::from_millis(250)).await;
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    // All resume at once.
+    let resumed_at = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (path, cursor) in paths.into_iter().zip(cursors) {
+        let whole = path.ends_with("topic=mass");
+        tasks.spawn(async move {
+            let mut s = open(addr, &path, Some(&cursor)).await;
+            assert_eq!(s.status, 200, "{}", s.body);
+            let expected = if whole { 50 * 20 } else { 20 };
+            let got = s.take(expected, Duration::from_secs(60)).await;
+            let mut v = Verifier::default();
+            for e in &got {
+                let d = e.data.as_deref().unwrap_or_default();
+                // Every key resumes at seq 2 (seq 0 and 1 were before the cursor).
+                let (k, seq) = d.split_once(':').expect("value");
+                let seq: u64 = seq.parse().expect("seq");
+                v.see(&format!("{k}:{}", seq - 2));
+            }
+        });
+    }
+    let mut max_readers = 0.0f64;
+    while !tasks.is_empty() {
+        tokio::select! {
+            done = tasks.join_next() => { if let Some(r) = done { r.expect("client verified its records"); } }
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                max_readers = max_readers.max(metric(&node, "herald_catchup_readers").await);
+            }
+        }
+    }
+    let took = resumed_at.elapsed();
+    assert!(max_readers <= 2.0, "catch-up readers stayed within the pool ({max_readers})");
+    let reads = metric(&node, "herald_catchup_kafka_reads_total").await;
+    assert!(reads >= 1.0, "the old positions were read from Kafka");
+    assert!(
+        reads < clients as f64 / 4.0,
+        "readers serve many clients per pass: {reads} passes for {clients} clients"
+    );
+    println!("mass resume: {clients} clients caught up in {took:?}; {reads} Kafka catch-up passes; max readers {max_readers}");
+}
