@@ -299,7 +299,9 @@ fn deliver(
             i += 1;
             continue;
         }
-        let matches = sub.shape.slots[job.slot].filter.matches(record.key.as_ref());
+        let matches = sub.shape.slots[job.slot]
+            .filter
+            .matches(record.key.as_ref());
         let mut queue = sub.connection.queue.lock();
         if matches && queue.is_filling(record.body(sub.shape.format).len() + 64) {
             drop(queue);

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::record::Record;
@@ -168,11 +168,15 @@ impl IngestLoop {
     /// (or beyond the end: a recreated topic) jump to the start with an
     /// explicit gap, and are unassigned and reassigned there.
     fn recover_out_of_range(&mut self, batch: &mut FanoutBatch) {
-        let logs: Vec<Arc<PartitionLog>> = self.assigned.values().flat_map(|p| p.values().cloned()).collect();
+        let logs: Vec<Arc<PartitionLog>> = self
+            .assigned
+            .values()
+            .flat_map(|p| p.values().cloned())
+            .collect();
         for log in logs {
-            let Ok((low, high)) = self
-                .consumer
-                .fetch_watermarks(&log.topic, log.partition, Duration::from_secs(2))
+            let Ok((low, high)) =
+                self.consumer
+                    .fetch_watermarks(&log.topic, log.partition, Duration::from_secs(2))
             else {
                 continue;
             };

@@ -545,7 +545,11 @@ impl Registry {
             let Some(sub) = connection.subscriber() else {
                 continue;
             };
-            let keyed = sub.shape.slots.iter().any(|s| matches!(s.filter, Filter::Keys(_)));
+            let keyed = sub
+                .shape
+                .slots
+                .iter()
+                .any(|s| matches!(s.filter, Filter::Keys(_)));
             if !keyed || connection.queue.queued_bytes() > 0 {
                 continue;
             }

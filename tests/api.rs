@@ -48,9 +48,32 @@ async fn bad_requests_get_4xx_with_json_bodies() {
     assert_eq!(got, 400, "{body}");
     let (got, body) = request(addr, "DELETE", "/v1/events", b"").await;
     assert_eq!(got, 405, "{body}");
+    // A well-formed cursor issued for another subscription is refused, not obeyed.
+    let mut other = open(addr, &events_path(&["t"], ""), None).await;
+    let p = producer(node.bootstrap_servers());
+    produce(&p, "t", Some("k"), b"x").await;
+    let id = other
+        .next_data(SECS_10)
+        .await
+        .and_then(|e| e.id)
+        .expect("id");
+    drop(other);
+    let (got, body) = request(
+        addr,
+        "GET",
+        &format!("/v1/events?topic=t/k&lastEventId={id}"),
+        b"",
+    )
+    .await;
+    assert_eq!(got, 400, "{body}");
+    assert_eq!(error_code(&body), "bad_cursor");
+    wait_for("the first stream is gone", SECS_10, || async {
+        stats(&node).await["connections"] == 0
+    })
+    .await;
     // The node is still fine, and nothing leaked: no connection, no partition.
     assert_eq!(stats(&node).await["connections"], 0);
-    assert!(assigned(&node).await.is_empty());
+    assert_eq!(metric(&node, "herald_connections").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,10 +20,15 @@ struct Verifier {
 
 impl Verifier {
     fn see(&mut self, value: &str) {
-        let (key, seq) = value.split_once(':').unwrap_or_else(|| panic!("value {value:?}"));
+        let (key, seq) = value
+            .split_once(':')
+            .unwrap_or_else(|| panic!("value {value:?}"));
         let seq: u64 = seq.parse().unwrap_or_else(|_| panic!("seq in {value:?}"));
         let expected = self.next.entry(key.to_owned()).or_insert(0);
-        assert_eq!(seq, *expected, "key {key}: expected seq {expected}, got {seq} (lost or duplicated)");
+        assert_eq!(
+            seq, *expected,
+            "key {key}: expected seq {expected}, got {seq} (lost or duplicated)"
+        );
         *expected += 1;
         self.received += 1;
     }
@@ -31,7 +36,13 @@ impl Verifier {
 
 /// Produces `per_key` records for each key, `key:seq`, concurrently but in
 /// order per key (one producer, no retries needed on the mock).
-async fn produce_sequence(p: &FutureProducer, topic: &str, keys: &[String], seqs: std::ops::Range<u64>, pause: Duration) {
+async fn produce_sequence(
+    p: &FutureProducer,
+    topic: &str,
+    keys: &[String],
+    seqs: std::ops::Range<u64>,
+    pause: Duration,
+) {
     for seq in seqs {
         let mut pending = Vec::new();
         for k in keys {
@@ -43,7 +54,10 @@ async fn produce_sequence(p: &FutureProducer, topic: &str, keys: &[String], seqs
             }
         }
         for f in pending {
-            let _ = f.await.expect("delivery").map_err(|(e, _)| panic!("produce: {e}"));
+            let _ = f
+                .await
+                .expect("delivery")
+                .map_err(|(e, _)| panic!("produce: {e}"));
         }
         if !pause.is_zero() {
             tokio::time::sleep(pause).await; // pacing the producer, not waiting for a condition
@@ -73,7 +87,11 @@ async fn read_with_cuts(
         let mut read = 0;
         while read < budget && verifier.received < expected {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            assert!(!left.is_zero(), "deadline: {} of {expected} received", verifier.received);
+            assert!(
+                !left.is_zero(),
+                "deadline: {} of {expected} received",
+                verifier.received
+            );
             match stream.next_event(left.min(SECS_10)).await {
                 Some(e) => {
                     if let Some(d) = &e.data {
@@ -110,16 +128,35 @@ async fn resume_after_random_cuts_loses_nothing_and_duplicates_nothing() {
     let p = producer(node.bootstrap_servers());
     let producing = {
         let keys = all_keys.clone();
-        tokio::spawn(async move { produce_sequence(&p, "cuts", &keys, 0..per_key, Duration::from_millis(5)).await })
+        tokio::spawn(async move {
+            produce_sequence(&p, "cuts", &keys, 0..per_key, Duration::from_millis(5)).await
+        })
     };
-    let whole_reader = tokio::spawn(read_with_cuts(addr, whole_path, 40 * per_key, Verifier::default(), whole, 20));
-    let keyed_reader = tokio::spawn(read_with_cuts(addr, keyed_path, 3 * per_key, Verifier::default(), keyed, 3));
+    let whole_reader = tokio::spawn(read_with_cuts(
+        addr,
+        whole_path,
+        40 * per_key,
+        Verifier::default(),
+        whole,
+        20,
+    ));
+    let keyed_reader = tokio::spawn(read_with_cuts(
+        addr,
+        keyed_path,
+        3 * per_key,
+        Verifier::default(),
+        keyed,
+        3,
+    ));
     producing.await.expect("producer");
     let (w, whole_cuts) = whole_reader.await.expect("whole reader");
     let (k, keyed_cuts) = keyed_reader.await.expect("keyed reader");
     assert_eq!(w.received, 4000);
     assert_eq!(k.received, 300);
-    assert!(whole_cuts + keyed_cuts >= 200, "hundreds of cuts: {whole_cuts} + {keyed_cuts}");
+    assert!(
+        whole_cuts + keyed_cuts >= 200,
+        "hundreds of cuts: {whole_cuts} + {keyed_cuts}"
+    );
     assert_eq!(k.next.len(), 3, "the keyed stream saw only its keys");
     println!("cuts: whole {whole_cuts}, keyed {keyed_cuts}");
 }
@@ -147,7 +184,10 @@ async fn resume_on_another_node_of_the_same_kafka() {
     for e in s.take(16 * 15 - 70, SECS_10).await {
         v.see(e.data.as_deref().unwrap_or_default());
     }
-    assert!(s.next_data(Duration::from_millis(300)).await.is_none(), "no duplicate after the end");
+    assert!(
+        s.next_data(Duration::from_millis(300)).await.is_none(),
+        "no duplicate after the end"
+    );
     // And back to a, which has moved on meanwhile.
     let last = s.last_id.clone();
     drop(s);
@@ -167,7 +207,10 @@ async fn a_cursor_below_the_log_start_yields_an_explicit_gap() {
     let mut s = open(node.local_addr(), &path, None).await;
     let p = producer(node.bootstrap_servers());
     produce(&p, "retained", None, b"first").await;
-    assert_eq!(s.next_data(SECS_10).await.and_then(|e| e.data).as_deref(), Some("first"));
+    assert_eq!(
+        s.next_data(SECS_10).await.and_then(|e| e.data).as_deref(),
+        Some("first")
+    );
     let cursor = s.last_id.clone().expect("id");
     drop(s);
     // The mock cluster keeps about 5 MiB per partition: push the start past our cursor.
@@ -180,13 +223,22 @@ async fn a_cursor_below_the_log_start_yields_an_explicit_gap() {
     for _ in 0..400 {
         let mut batch = Vec::new();
         for _ in 0..16 {
-            batch.push(p.send_result(FutureRecord::<(), _>::to("retained").payload(&big[..])).map_err(|(e, _)| e).expect("enqueue"));
+            batch.push(
+                p.send_result(FutureRecord::<(), _>::to("retained").payload(&big[..]))
+                    .map_err(|(e, _)| e)
+                    .expect("enqueue"),
+            );
         }
         for f in batch {
             let _ = f.await.expect("delivered");
         }
         low = tokio::task::block_in_place(|| {
-            rdkafka::consumer::Consumer::fetch_watermarks(&consumer, "retained", 0, Duration::from_secs(5))
+            rdkafka::consumer::Consumer::fetch_watermarks(
+                &consumer,
+                "retained",
+                0,
+                Duration::from_secs(5),
+            )
         })
         .expect("watermarks")
         .0;
@@ -194,13 +246,17 @@ async fn a_cursor_below_the_log_start_yields_an_explicit_gap() {
             break;
         }
     }
-    assert!(low > 1, "retention moved the log start (low watermark {low})");
+    assert!(
+        low > 1,
+        "retention moved the log start (low watermark {low})"
+    );
     produce(&p, "retained", None, b"after").await;
     let mut s = open(node.local_addr(), &path, Some(&cursor)).await;
     assert_eq!(s.status, 200, "{}", s.body);
     let gap = s.next_data(SECS_10).await.expect("gap event");
     assert_eq!(gap.event.as_deref(), Some("herald.gap"));
-    let g: serde_json::Value = serde_json::from_str(gap.data.as_deref().unwrap_or_default()).expect("json");
+    let g: serde_json::Value =
+        serde_json::from_str(gap.data.as_deref().unwrap_or_default()).expect("json");
     assert_eq!(g["topic"], "retained");
     assert_eq!(g["partition"], 0);
     assert_eq!(g["requested"], 1);
@@ -213,7 +269,11 @@ async fn a_cursor_below_the_log_start_yields_an_explicit_gap() {
     let mut again = open(node.local_addr(), &path, gap.id.as_deref()).await;
     let first = again.next_data(SECS_10).await.expect("record");
     assert_ne!(first.event.as_deref(), Some("herald.gap"));
-    assert_eq!(metric(&node, "herald_gaps_total").await, 1.0, "one gap, not a second one");
+    assert_eq!(
+        metric(&node, "herald_gaps_total").await,
+        1.0,
+        "one gap, not a second one"
+    );
 }
 
 /// Opens a stream whose client reads nothing (tiny receive buffer).
@@ -237,7 +297,10 @@ async fn a_slow_reader_is_cut_off_and_resumes_with_nothing_lost() {
     let path = events_path(&["firehose"], "");
     let mut fast = open(addr, &path, None).await;
     let mut slow = stalled_client(addr, &path).await;
-    wait_for("both streams registered", SECS_10, || async { stats(&node).await["connections"] == 2 }).await;
+    wait_for("both streams registered", SECS_10, || async {
+        stats(&node).await["connections"] == 2
+    })
+    .await;
     let p = producer(node.bootstrap_servers());
     let ks = keys(8);
     let pad = "p".repeat(1000);
@@ -250,7 +313,11 @@ async fn a_slow_reader_is_cut_off_and_resumes_with_nothing_lost() {
                 let mut pending = Vec::new();
                 for k in &ks {
                     let value = format!("{k}:{seq}:{pad}");
-                    pending.push(p.send_result(FutureRecord::to("firehose").key(k).payload(&value)).map_err(|(e, _)| e).expect("enqueue"));
+                    pending.push(
+                        p.send_result(FutureRecord::to("firehose").key(k).payload(&value))
+                            .map_err(|(e, _)| e)
+                            .expect("enqueue"),
+                    );
                 }
                 for f in pending {
                     let _ = f.await.expect("delivered");
@@ -263,18 +330,35 @@ async fn a_slow_reader_is_cut_off_and_resumes_with_nothing_lost() {
     let mut fast_v = Verifier::default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while fast_v.received < 8000 {
-        assert!(tokio::time::Instant::now() < deadline, "fast reader got {}", fast_v.received);
-        let e = fast.next_data(SECS_10).await.expect("fast reader is not cut");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fast reader got {}",
+            fast_v.received
+        );
+        let e = fast
+            .next_data(SECS_10)
+            .await
+            .expect("fast reader is not cut");
         let d = e.data.unwrap_or_default();
         fast_v.see(d.rsplit_once(':').map(|x| x.0).unwrap_or_default());
     }
     producing.await.expect("producer");
-    assert!(metric(&node, "herald_slow_disconnects_total").await >= 1.0, "the slow reader was cut off");
+    assert!(
+        metric(&node, "herald_slow_disconnects_total").await >= 1.0,
+        "the slow reader was cut off"
+    );
     // The slow client now reads what reached it, then resumes from its last id.
     use tokio::io::AsyncReadExt;
     let mut raw = Vec::new();
-    tokio::time::timeout(SECS_10, slow.read_to_end(&mut raw)).await.expect("server closed it").expect("read");
-    let header_end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("headers") + 4;
+    tokio::time::timeout(SECS_10, slow.read_to_end(&mut raw))
+        .await
+        .expect("server closed it")
+        .expect("read");
+    let header_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("headers")
+        + 4;
     let mut parser = Parser::default();
     let mut v = Verifier::default();
     let mut last = None;
@@ -288,15 +372,25 @@ async fn a_slow_reader_is_cut_off_and_resumes_with_nothing_lost() {
             }
         }
     }
-    assert!(v.received < 8000, "it really fell behind ({} received before the cut)", v.received);
+    assert!(
+        v.received < 8000,
+        "it really fell behind ({} received before the cut)",
+        v.received
+    );
     let before = v.received;
     let mut s = open(addr, &path, last.as_deref()).await;
     while v.received < 8000 {
-        let e = s.next_data(SECS_10).await.unwrap_or_else(|| panic!("resumed reader stalled at {}", v.received));
+        let e = s
+            .next_data(SECS_10)
+            .await
+            .unwrap_or_else(|| panic!("resumed reader stalled at {}", v.received));
         let d = e.data.unwrap_or_default();
         v.see(d.rsplit_once(':').map(|x| x.0).unwrap_or_default());
     }
-    println!("slow reader: {before} before the cut, {} after resuming", 8000 - before);
+    println!(
+        "slow reader: {before} before the cut, {} after resuming",
+        8000 - before
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,7 +404,13 @@ async fn mass_resume_uses_a_bounded_pool_of_catchup_readers() {
     let ks = keys(50);
     let clients = 2000;
     let paths: Vec<String> = (0..clients)
-        .map(|i| if i % 20 == 0 { events_path(&["mass"], "") } else { events_path(&[&format!("mass/k{}", i % 50)], "") })
+        .map(|i| {
+            if i % 20 == 0 {
+                events_path(&["mass"], "")
+            } else {
+                events_path(&[&format!("mass/k{}", i % 50)], "")
+            }
+        })
         .collect();
     let p = producer(node.bootstrap_servers());
     produce_sequence(&p, "mass", &ks, 0..1, Duration::ZERO).await;
@@ -328,7 +428,10 @@ async fn mass_resume_uses_a_bounded_pool_of_catchup_readers() {
         cursors.push(got.last().and_then(|e| e.id.clone()).expect("id"));
     }
     drop(streams);
-    wait_for("all disconnected", SECS_10, || async { stats(&node).await["connections"] == 0 }).await;
+    wait_for("all disconnected", SECS_10, || async {
+        stats(&node).await["connections"] == 0
+    })
+    .await;
     // Five seconds of records at 200/s while they are away.
     let started = std::time::Instant::now();
     produce_sequence(&p, "mass", &ks, 2..22, Duration::from_millis(250)).await;
@@ -363,7 +466,10 @@ async fn mass_resume_uses_a_bounded_pool_of_catchup_readers() {
         }
     }
     let took = resumed_at.elapsed();
-    assert!(max_readers <= 2.0, "catch-up readers stayed within the pool ({max_readers})");
+    assert!(
+        max_readers <= 2.0,
+        "catch-up readers stayed within the pool ({max_readers})"
+    );
     let reads = metric(&node, "herald_catchup_kafka_reads_total").await;
     assert!(reads >= 1.0, "the old positions were read from Kafka");
     assert!(
@@ -371,4 +477,64 @@ async fn mass_resume_uses_a_bounded_pool_of_catchup_readers() {
         "readers serve many clients per pass: {reads} passes for {clients} clients"
     );
     println!("mass resume: {clients} clients caught up in {took:?}; {reads} Kafka catch-up passes; max readers {max_readers}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keyed_streams_get_id_only_events_and_resume_without_rescanning() {
+    let mut c = config();
+    c.idle_id_interval = Duration::from_millis(200);
+    let node = node_with(c).await;
+    node.create_topic("sparse", 1).await.expect("topic");
+    let addr = node.local_addr();
+    let path = events_path(&["sparse/mine"], "");
+    let mut s = open(addr, &path, None).await;
+    let p = producer(node.bootstrap_servers());
+    produce(&p, "sparse", Some("mine"), b"mine:0").await;
+    let first = s.next_data(SECS_10).await.expect("own record");
+    for i in 0..200 {
+        produce(&p, "sparse", Some("other"), format!("other:{i}").as_bytes()).await;
+    }
+    // An event with an id and no data moves the cursor past the other key's records.
+    let deadline = tokio::time::Instant::now() + SECS_10;
+    let moved = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no id-only event arrived"
+        );
+        if let Some(e) = s.next_event(Duration::from_millis(300)).await {
+            assert!(e.data.is_none(), "no data for other keys: {e:?}");
+            match e.id {
+                Some(id) if Some(&id) != first.id.as_ref() => break id,
+                _ => {}
+            }
+        }
+    };
+    drop(s);
+    let hits = metric(&node, "herald_replay_buffer_hits_total").await;
+    let reads = metric(&node, "herald_catchup_kafka_reads_total").await;
+    let mut s = open(addr, &path, Some(&moved)).await;
+    produce(&p, "sparse", Some("mine"), b"mine:1").await;
+    assert_eq!(
+        s.next_data(SECS_10).await.and_then(|e| e.data).as_deref(),
+        Some("mine:1")
+    );
+    assert_eq!(
+        metric(&node, "herald_replay_buffer_hits_total").await,
+        hits,
+        "nothing replayed"
+    );
+    assert_eq!(
+        metric(&node, "herald_catchup_kafka_reads_total").await,
+        reads,
+        "nothing read from Kafka"
+    );
+    // An unchanged cursor is not repeated: the rate is bounded by change, not by time alone.
+    let mut ids = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(700);
+    while tokio::time::Instant::now() < until {
+        if let Some(e) = s.next_event(Duration::from_millis(100)).await {
+            ids += usize::from(e.data.is_none() && e.id.is_some());
+        }
+    }
+    assert!(ids <= 1, "{ids} id-only events for an unchanged cursor");
 }
