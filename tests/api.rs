@@ -197,3 +197,28 @@ async fn shutdown_turns_unready_and_ends_streams_with_retry() {
         "no longer accepting"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = config();
+    c.header_read_timeout = Duration::from_millis(300);
+    let node = node_with(c).await;
+    let mut slow = tokio::net::TcpStream::connect(node.local_addr())
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("partial headers");
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(SECS_10, slow.read_to_end(&mut buf)).await;
+    assert!(
+        closed.is_ok(),
+        "the header-read timeout closed the connection"
+    );
+    // Meanwhile a normal client is served.
+    assert_eq!(
+        request(node.local_addr(), "GET", "/healthz", b"").await.0,
+        200
+    );
+}

@@ -68,6 +68,27 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         size: usize,
     },
+    /// N keyed clients disconnect, stay away S seconds while R records/s flow,
+    /// then all reconnect at once with their last ids: time until every one is live.
+    Resume {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        target: SocketAddr,
+        #[arg(long)]
+        brokers: String,
+        #[arg(long, default_value = "demo")]
+        topic: String,
+        #[arg(long, default_value_t = 2000)]
+        clients: usize,
+        /// Distinct keys the clients spread over.
+        #[arg(long, default_value_t = 100)]
+        keys: usize,
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 5)]
+        behind: u64,
+    },
+    /// Event id (cursor) sizes for subscriptions of 1, 16 and 64 partitions.
+    CursorSizes,
 }
 
 fn now_us() -> u64 {
@@ -282,6 +303,169 @@ async fn latency(
     Ok(())
 }
 
+/// Reads SSE lines from `stream` until `done` says so; returns the last id seen.
+async fn read_until(
+    stream: &mut TcpStream,
+    mut pending: Vec<u8>,
+    mut on_data: impl FnMut(&[u8]) -> bool,
+) -> anyhow::Result<Option<String>> {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut last_id = None;
+    loop {
+        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=nl).collect();
+            let line = &line[..line.len() - 1];
+            if let Some(id) = line.strip_prefix(b"id: ") {
+                last_id = Some(String::from_utf8_lossy(id).into_owned());
+            } else if let Some(v) = line.strip_prefix(b"data: ") {
+                if on_data(v) {
+                    return Ok(last_id);
+                }
+            }
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            bail!("stream ended");
+        }
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn leading_number(v: &[u8]) -> u64 {
+    v.iter()
+        .take_while(|b| b.is_ascii_digit())
+        .fold(0u64, |a, &b| a * 10 + u64::from(b - b'0'))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn resume(
+    target: SocketAddr,
+    brokers: String,
+    topic: String,
+    clients: usize,
+    keys: usize,
+    rate: u64,
+    behind: u64,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .create()?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let produced = Arc::new(AtomicU64::new(0));
+    let producing = {
+        let (stop, produced, topic) = (stop.clone(), produced.clone(), topic.clone());
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let key = format!("key{}", sent as usize % keys);
+                let value = format!("{} {key}", now_us());
+                let _ = producer.send_result(FutureRecord::to(&topic).key(&key).payload(&value));
+                sent += 1;
+                produced.store(sent, Ordering::Relaxed);
+            }
+            producer
+        })
+    };
+    // Everyone connects and takes a cursor from one record of its key.
+    let mut cursors = Vec::with_capacity(clients);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..clients {
+        let path = format!("/v1/events?topic={topic}/key{}", i % keys);
+        set.spawn(async move {
+            let (mut s, first) = connect(target, source(i, 8), &path).await?;
+            let id =
+                tokio::time::timeout(Duration::from_secs(30), read_until(&mut s, first, |_| true))
+                    .await??;
+            anyhow::Ok((i, path, id))
+        });
+        if set.len() >= 256 {
+            if let Some(r) = set.join_next().await {
+                cursors.push(r??);
+            }
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        cursors.push(r??);
+    }
+    // All gone (their sockets were dropped with the tasks); stay away.
+    tokio::time::sleep(Duration::from_secs(behind)).await;
+    let back_us = now_us();
+    let back = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for (i, path, id) in cursors {
+        let path = match id {
+            Some(id) => format!("{path}&lastEventId={id}"),
+            None => path,
+        };
+        set.spawn(async move {
+            let (mut s, first) = connect(target, source(i, 8), &path).await?;
+            let mut replayed = 0u64;
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                read_until(&mut s, first, |v| {
+                    replayed += 1;
+                    leading_number(v) >= back_us
+                }),
+            )
+            .await??;
+            anyhow::Ok((back.elapsed(), replayed))
+        });
+    }
+    let mut times = Vec::with_capacity(clients);
+    let mut replayed_total = 0;
+    let mut failures = 0;
+    while let Some(r) = set.join_next().await {
+        match r? {
+            Ok((t, n)) => {
+                times.push(t.as_micros() as u64);
+                replayed_total += n;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures < 5 {
+                    eprintln!("client failed: {e}");
+                }
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = producing.await;
+    times.sort_unstable();
+    println!(
+        "{{\"scenario\":\"resume\",\"clients\":{clients},\"behind_s\":{behind},\"rate\":{rate},\"failures\":{failures},\"events_replayed\":{replayed_total},\"all_live_ms\":{:.1},\"p50_live_ms\":{:.1},\"produced\":{}}}",
+        times.last().copied().unwrap_or(0) as f64 / 1000.0,
+        percentile(&times, 0.5) as f64 / 1000.0,
+        produced.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+fn cursor_sizes() {
+    // Offsets of a busy topic: around a billion, partitions within a million of each other.
+    for n in [1usize, 16, 64] {
+        let positions: Vec<i64> = (0..n as i64)
+            .map(|i| 1_000_000_000 + (i * 7_919_111) % 1_000_000)
+            .collect();
+        let mut out = String::new();
+        herald::cursor::Cursor::encode_into(0xfeed_f00d, positions.iter().copied(), &mut out);
+        let worst: Vec<i64> = (0..n as i64)
+            .map(|i| if i % 2 == 0 { (1 << 32) - 1 } else { 0 })
+            .collect();
+        let mut w = String::new();
+        herald::cursor::Cursor::encode_into(0xfeed_f00d, worst.iter().copied(), &mut w);
+        println!(
+            "{{\"partitions\":{n},\"id_bytes_busy_topic\":{},\"id_bytes_worst_below_2^32\":{}}}",
+            out.len(),
+            w.len()
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -302,5 +486,18 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             size,
         } => latency(target, brokers, topic, key, clients, rate, seconds, size).await,
+        Cmd::Resume {
+            target,
+            brokers,
+            topic,
+            clients,
+            keys,
+            rate,
+            behind,
+        } => resume(target, brokers, topic, clients, keys, rate, behind).await,
+        Cmd::CursorSizes => {
+            cursor_sizes();
+            Ok(())
+        }
     }
 }
