@@ -5,10 +5,8 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::FutureRecord;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,27 +48,22 @@ async fn sigterm_drains_spread_out_and_clients_resume_elsewhere_with_nothing_los
         assert_eq!(s.status, 200);
         streams.push(s);
     }
-    let keys: Vec<String> = (0..8).map(|i| format!("k{i}")).collect();
+    let keys = keys(8);
     let per_key = 300u64;
     let producing = {
         let p = producer(kafka.bootstrap_servers());
         let keys = keys.clone();
+        // Paced, so that records flow all through the drain.
         tokio::spawn(async move {
-            for seq in 0..per_key {
-                let mut pending = Vec::new();
-                for k in &keys {
-                    let v = format!("{k}:{seq}");
-                    pending.push(
-                        p.send_result(FutureRecord::to("drain").key(k).payload(&v))
-                            .map_err(|(e, _)| e)
-                            .expect("enqueue"),
-                    );
-                }
-                for f in pending {
-                    let _ = f.await.expect("delivered");
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await; // pacing the producer over the drain
-            }
+            produce_sequence(
+                &p,
+                "drain",
+                &keys,
+                0..per_key,
+                Duration::from_millis(10),
+                "",
+            )
+            .await
         })
     };
 
@@ -82,15 +75,15 @@ async fn sigterm_drains_spread_out_and_clients_resume_elsewhere_with_nothing_los
         let path = path.clone();
         let total = per_key * 8;
         readers.spawn(async move {
-            let mut next: HashMap<String, u64> = HashMap::new();
-            let mut received = 0u64;
+            let mut v = Verifier::default();
             let mut retry = None;
             let mut ended_at = None;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            while received < total {
+            while v.received < total {
                 assert!(
                     tokio::time::Instant::now() < deadline,
-                    "stalled at {received}"
+                    "stalled at {}",
+                    v.received
                 );
                 match s.next_event(Duration::from_secs(5)).await {
                     Some(e) => {
@@ -98,12 +91,7 @@ async fn sigterm_drains_spread_out_and_clients_resume_elsewhere_with_nothing_los
                             retry = Some(r); // the last one node a sent
                         }
                         if let Some(d) = e.data {
-                            let (k, seq) = d.split_once(':').expect("value");
-                            let seq: u64 = seq.parse().expect("seq");
-                            let want = next.entry(k.to_owned()).or_insert(0);
-                            assert_eq!(seq, *want, "{k}: lost or duplicated");
-                            *want += 1;
-                            received += 1;
+                            v.see(&d);
                         }
                     }
                     None if s.ended && ended_at.is_none() => {

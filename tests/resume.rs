@@ -3,71 +3,11 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use rand::Rng;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use support::*;
-
-/// Checks per-key sequence numbers in values `key:seq`: every key's records
-/// must arrive exactly once and in order.
-#[derive(Default)]
-struct Verifier {
-    next: HashMap<String, u64>,
-    received: u64,
-}
-
-impl Verifier {
-    fn see(&mut self, value: &str) {
-        let (key, seq) = value
-            .split_once(':')
-            .unwrap_or_else(|| panic!("value {value:?}"));
-        let seq: u64 = seq.parse().unwrap_or_else(|_| panic!("seq in {value:?}"));
-        let expected = self.next.entry(key.to_owned()).or_insert(0);
-        assert_eq!(
-            seq, *expected,
-            "key {key}: expected seq {expected}, got {seq} (lost or duplicated)"
-        );
-        *expected += 1;
-        self.received += 1;
-    }
-}
-
-/// Produces `per_key` records for each key, `key:seq`, concurrently but in
-/// order per key (one producer, no retries needed on the mock).
-async fn produce_sequence(
-    p: &FutureProducer,
-    topic: &str,
-    keys: &[String],
-    seqs: std::ops::Range<u64>,
-    pause: Duration,
-) {
-    for seq in seqs {
-        let mut pending = Vec::new();
-        for k in keys {
-            let value = format!("{k}:{seq}");
-            let fut = p.send_result(FutureRecord::to(topic).key(k).payload(&value));
-            match fut {
-                Ok(f) => pending.push(f),
-                Err((e, _)) => panic!("enqueue: {e}"),
-            }
-        }
-        for f in pending {
-            let _ = f
-                .await
-                .expect("delivery")
-                .map_err(|(e, _)| panic!("produce: {e}"));
-        }
-        if !pause.is_zero() {
-            tokio::time::sleep(pause).await; // pacing the producer, not waiting for a condition
-        }
-    }
-}
-
-fn keys(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("k{i}")).collect()
-}
 
 /// Reads a stream with cuts at random points, resuming each time with the
 /// last id, until `expected` records passed the verifier.
@@ -129,7 +69,7 @@ async fn resume_after_random_cuts_loses_nothing_and_duplicates_nothing() {
     let producing = {
         let keys = all_keys.clone();
         tokio::spawn(async move {
-            produce_sequence(&p, "cuts", &keys, 0..per_key, Duration::from_millis(5)).await
+            produce_sequence(&p, "cuts", &keys, 0..per_key, Duration::from_millis(5), "").await
         })
     };
     let whole_reader = tokio::spawn(read_with_cuts(
@@ -170,14 +110,14 @@ async fn resume_on_another_node_of_the_same_kafka() {
     let mut s = open(a.local_addr(), &path, None).await;
     let p = producer(a.bootstrap_servers());
     let ks = keys(16);
-    produce_sequence(&p, "shared", &ks, 0..10, Duration::ZERO).await;
+    produce_sequence(&p, "shared", &ks, 0..10, Duration::ZERO, "").await;
     let mut v = Verifier::default();
     for e in s.take(70, SECS_10).await {
         v.see(e.data.as_deref().unwrap_or_default());
     }
     let last = s.last_id.clone();
     drop(s);
-    produce_sequence(&p, "shared", &ks, 10..15, Duration::ZERO).await;
+    produce_sequence(&p, "shared", &ks, 10..15, Duration::ZERO, "").await;
     // Node b has never read this topic: it starts the partitions at the cursor.
     let mut s = open(b.local_addr(), &path, last.as_deref()).await;
     assert_eq!(s.status, 200, "{}", s.body);
@@ -191,7 +131,7 @@ async fn resume_on_another_node_of_the_same_kafka() {
     // And back to a, which has moved on meanwhile.
     let last = s.last_id.clone();
     drop(s);
-    produce_sequence(&p, "shared", &ks, 15..16, Duration::ZERO).await;
+    produce_sequence(&p, "shared", &ks, 15..16, Duration::ZERO, "").await;
     let mut s = open(a.local_addr(), &path, last.as_deref()).await;
     for e in s.take(16, SECS_10).await {
         v.see(e.data.as_deref().unwrap_or_default());
@@ -301,31 +241,15 @@ async fn a_slow_reader_is_cut_off_and_resumes_with_nothing_lost() {
         stats(&node).await["connections"] == 2
     })
     .await;
-    let p = producer(node.bootstrap_servers());
     let ks = keys(8);
     let pad = "p".repeat(1000);
     let producing = {
-        let node_bs = node.bootstrap_servers().to_owned();
+        let p = producer(node.bootstrap_servers());
         let ks = ks.clone();
         tokio::spawn(async move {
-            let p = producer(&node_bs);
-            for seq in 0..1000u64 {
-                let mut pending = Vec::new();
-                for k in &ks {
-                    let value = format!("{k}:{seq}:{pad}");
-                    pending.push(
-                        p.send_result(FutureRecord::to("firehose").key(k).payload(&value))
-                            .map_err(|(e, _)| e)
-                            .expect("enqueue"),
-                    );
-                }
-                for f in pending {
-                    let _ = f.await.expect("delivered");
-                }
-            }
+            produce_sequence(&p, "firehose", &ks, 0..1000, Duration::ZERO, &pad).await
         })
     };
-    let _ = &p;
     // The fast reader keeps up and is never cut.
     let mut fast_v = Verifier::default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -340,7 +264,7 @@ async fn a_slow_reader_is_cut_off_and_resumes_with_nothing_lost() {
             .await
             .expect("fast reader is not cut");
         let d = e.data.unwrap_or_default();
-        fast_v.see(d.rsplit_once(':').map(|x| x.0).unwrap_or_default());
+        fast_v.see(&d);
     }
     producing.await.expect("producer");
     assert!(
@@ -365,7 +289,7 @@ async fn a_slow_reader_is_cut_off_and_resumes_with_nothing_lost() {
     for item in parser.feed(&raw[header_end..]) {
         if let Item::Event(e) = item {
             if let Some(d) = &e.data {
-                v.see(d.rsplit_once(':').map(|x| x.0).unwrap_or_default());
+                v.see(d);
             }
             if e.id.is_some() {
                 last = e.id;
@@ -385,7 +309,7 @@ async fn a_slow_reader_is_cut_off_and_resumes_with_nothing_lost() {
             .await
             .unwrap_or_else(|| panic!("resumed reader stalled at {}", v.received));
         let d = e.data.unwrap_or_default();
-        v.see(d.rsplit_once(':').map(|x| x.0).unwrap_or_default());
+        v.see(&d);
     }
     println!(
         "slow reader: {before} before the cut, {} after resuming",
@@ -413,14 +337,14 @@ async fn mass_resume_uses_a_bounded_pool_of_catchup_readers() {
         })
         .collect();
     let p = producer(node.bootstrap_servers());
-    produce_sequence(&p, "mass", &ks, 0..1, Duration::ZERO).await;
+    produce_sequence(&p, "mass", &ks, 0..1, Duration::ZERO, "").await;
     // Everyone gets a cursor from a first record, then disconnects.
     let mut cursors = Vec::with_capacity(clients);
     let mut streams = Vec::with_capacity(clients);
     for path in &paths {
         streams.push(open(addr, path, None).await);
     }
-    produce_sequence(&p, "mass", &ks, 1..2, Duration::ZERO).await;
+    produce_sequence(&p, "mass", &ks, 1..2, Duration::ZERO, "").await;
     for (s, path) in streams.iter_mut().zip(&paths) {
         // A whole-topic client takes all 50 first records, a keyed one its own.
         let n = if path.ends_with("topic=mass") { 50 } else { 1 };
@@ -434,7 +358,7 @@ async fn mass_resume_uses_a_bounded_pool_of_catchup_readers() {
     .await;
     // Five seconds of records at 200/s while they are away.
     let started = std::time::Instant::now();
-    produce_sequence(&p, "mass", &ks, 2..22, Duration::from_millis(250)).await;
+    produce_sequence(&p, "mass", &ks, 2..22, Duration::from_millis(250), "").await;
     assert!(started.elapsed() >= Duration::from_secs(5));
     // All resume at once.
     let resumed_at = std::time::Instant::now();

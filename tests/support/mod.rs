@@ -525,3 +525,67 @@ pub async fn node_on(bootstrap: &str) -> Node {
     c.brokers = Some(bootstrap.to_owned());
     node_with(c).await
 }
+
+/// Checks per-key sequence numbers in values `key:seq[:padding]`: every
+/// key's records must arrive exactly once and in order.
+#[derive(Default)]
+pub struct Verifier {
+    pub next: HashMap<String, u64>,
+    pub received: u64,
+}
+
+impl Verifier {
+    pub fn see(&mut self, value: &str) {
+        let mut parts = value.splitn(3, ':');
+        let key = parts.next().unwrap_or_default();
+        let seq: u64 = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no sequence number in {value:?}"));
+        let expected = self.next.entry(key.to_owned()).or_insert(0);
+        assert_eq!(
+            seq, *expected,
+            "key {key}: expected seq {expected}, got {seq} (lost or duplicated)"
+        );
+        *expected += 1;
+        self.received += 1;
+    }
+}
+
+/// Produces `key:seq[:pad]` for each key and each seq in `seqs`, concurrently
+/// across keys but in order per key.
+pub async fn produce_sequence(
+    p: &FutureProducer,
+    topic: &str,
+    keys: &[String],
+    seqs: std::ops::Range<u64>,
+    pause: Duration,
+    pad: &str,
+) {
+    for seq in seqs {
+        let mut pending = Vec::new();
+        for k in keys {
+            let value = if pad.is_empty() {
+                format!("{k}:{seq}")
+            } else {
+                format!("{k}:{seq}:{pad}")
+            };
+            match p.send_result(FutureRecord::to(topic).key(k).payload(&value)) {
+                Ok(f) => pending.push(f),
+                Err((e, _)) => panic!("enqueue: {e}"),
+            }
+        }
+        for f in pending {
+            if let Err((e, _)) = f.await.expect("delivery") {
+                panic!("produce: {e}");
+            }
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await; // pacing the producer, not waiting for a condition
+        }
+    }
+}
+
+pub fn keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("k{i}")).collect()
+}
