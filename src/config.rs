@@ -106,6 +106,84 @@ pub struct Config {
     #[arg(long, env = "HERALD_DRAIN_WINDOW", default_value = "10s", value_parser = duration)]
     pub drain_window: Duration,
 
+    /// HS256 secret for bearer tokens (at least 32 bytes). With no secret and
+    /// no public key, the node is open to anyone.
+    #[arg(long, env = "HERALD_AUTH_HS256_SECRET", hide_env_values = true)]
+    pub auth_hs256_secret: Option<String>,
+
+    /// PEM public key (RSA for RS256, P-256 EC for ES256) for bearer tokens; repeatable.
+    #[arg(
+        long = "auth-public-key",
+        env = "HERALD_AUTH_PUBLIC_KEYS",
+        value_delimiter = ','
+    )]
+    pub auth_public_keys: Vec<std::path::PathBuf>,
+
+    /// Required `iss` claim.
+    #[arg(long, env = "HERALD_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+
+    /// Required `aud` claim.
+    #[arg(long, env = "HERALD_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+
+    /// Cookie that may carry the token.
+    #[arg(long, env = "HERALD_AUTH_COOKIE", default_value = "herald_token")]
+    pub auth_cookie: String,
+
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "HERALD_AUTH_LEEWAY_SECONDS", default_value_t = 0)]
+    pub auth_leeway_seconds: u64,
+
+    /// Selector patterns anyone may subscribe to without a token (e.g. `news,scores/*`).
+    #[arg(long, env = "HERALD_ANONYMOUS_TOPICS", value_delimiter = ',')]
+    pub anonymous_topics: Vec<String>,
+
+    /// End every stream after this long (the client reconnects with its cursor).
+    #[arg(long, env = "HERALD_MAX_STREAM_LIFETIME", value_parser = duration)]
+    pub max_stream_lifetime: Option<Duration>,
+
+    /// Origins allowed to read cross-origin (`*` for any, then without credentials).
+    #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Let allowed origins send credentials (cookies).
+    #[arg(long, env = "HERALD_CORS_CREDENTIALS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cors_credentials: bool,
+
+    /// Streams a node holds at most (0: no limit). Beyond it, 200 with `retry:` and close.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 19_000)]
+    pub max_connections: usize,
+
+    /// Streams one client address may hold (0: no limit). Beyond it, 429.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// Header set by a trusted proxy with the client address (e.g. x-forwarded-for).
+    /// Only honoured when set.
+    #[arg(long, env = "HERALD_TRUSTED_PROXY_HEADER")]
+    pub trusted_proxy_header: Option<String>,
+
+    /// New streams accepted per second (0: no limit). Beyond it, 200 with `retry:` and close.
+    #[arg(long, env = "HERALD_MAX_NEW_STREAMS_PER_SECOND", default_value_t = 0)]
+    pub max_new_streams_per_second: u32,
+
+    /// Selectors one stream may hold.
+    #[arg(long, env = "HERALD_MAX_SELECTORS", default_value_t = 64)]
+    pub max_selectors: usize,
+
+    /// Longest key in a selector, in bytes.
+    #[arg(long, env = "HERALD_MAX_KEY_BYTES", default_value_t = 1024)]
+    pub max_key_bytes: usize,
+
+    /// Longest request target (path and query), in bytes. Beyond it, 414.
+    #[arg(long, env = "HERALD_MAX_URL_BYTES", default_value_t = 8192)]
+    pub max_url_bytes: usize,
+
+    /// Largest request head (request line and headers), in bytes; at least 8192. Beyond it, 431.
+    #[arg(long, env = "HERALD_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+
     /// Topic to create on the embedded Kafka at start-up (for `make run`).
     #[arg(long, env = "HERALD_DEMO_TOPIC")]
     pub demo_topic: Option<String>,

@@ -27,6 +27,16 @@ pub enum ApiError {
     Kafka(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    TooManyRequests(String),
+    #[error("request target is longer than the {0}-byte limit")]
+    UriTooLong(usize),
+    #[error("origin `{0}` is not allowed")]
+    OriginRefused(String),
 }
 
 impl ApiError {
@@ -39,6 +49,10 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Kafka(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) | ApiError::OriginRefused(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
         }
     }
 
@@ -52,6 +66,11 @@ impl ApiError {
             ApiError::BodyTooLarge(_) => "body_too_large",
             ApiError::Kafka(_) => "kafka_unavailable",
             ApiError::Unsupported(_) => "unsupported",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::TooManyRequests(_) => "too_many_streams",
+            ApiError::UriTooLong(_) => "uri_too_long",
+            ApiError::OriginRefused(_) => "origin_refused",
         }
     }
 

@@ -33,11 +33,18 @@
 //!    recent-records buffer, or by the shared [`catchup`] readers from Kafka,
 //!    and handed to the live stream at the exact offset.
 //!
+//! Around the data path: [`auth`] decides who may read and write which
+//! topics and keys (JWT), [`cors`] which origins may ask, and [`admission`]
+//! how many streams a node and each client may hold.
+//!
 //! Without `--brokers` a node runs an [`embedded`] Kafka (librdkafka's mock
 //! cluster) that any Kafka client can reach.
 
+pub mod admission;
+pub mod auth;
 pub mod catchup;
 pub mod config;
+pub mod cors;
 pub mod cursor;
 pub mod embedded;
 pub mod error;

@@ -34,6 +34,12 @@ pub async fn publish(
             "`{topic}` is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"
         )));
     }
+    let key = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "key")
+        .map(|(_, v)| v.into_owned().into_bytes())
+        .or_else(|| headers.get("herald-key").map(|v| v.as_bytes().to_vec()));
+    let key_text = key.as_deref().map(String::from_utf8_lossy);
+    node.authorize_publish(headers, query, topic, key_text.as_deref())?;
     let limit = node.config.max_body_bytes;
     if let Some(len) = headers
         .get(http::header::CONTENT_LENGTH)
@@ -55,10 +61,6 @@ pub async fn publish(
             }
         })?
         .to_bytes();
-    let key = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .find(|(k, _)| k == "key")
-        .map(|(_, v)| v.into_owned().into_bytes())
-        .or_else(|| headers.get("herald-key").map(|v| v.as_bytes().to_vec()));
     let mut record_headers = OwnedHeaders::new();
     for (name, v) in headers {
         if let Some(h) = name.as_str().strip_prefix(HEADER_PREFIX) {

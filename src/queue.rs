@@ -151,6 +151,12 @@ impl ConnectionQueue {
             if inner.end.is_some() {
                 return;
             }
+            if why == End::Expired {
+                // Nothing more after the credentials ran out, not even what is queued:
+                // the client resumes from its last id with a fresh token.
+                inner.chunks.clear();
+                inner.bytes = 0;
+            }
             if let Some(last) = last {
                 inner.bytes += last.len();
                 inner.chunks.push(last);

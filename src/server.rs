@@ -10,6 +10,7 @@
 //! come back through the load balancer without a thundering herd.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,8 +35,11 @@ use serde_json::json;
 use tokio::net::TcpSocket;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{Admission, Refusal, Ticket};
+use crate::auth::{Auth, AuthConfig, Grant};
 use crate::catchup::Catchup;
 use crate::config::Config;
+use crate::cors::Cors;
 use crate::embedded::EmbeddedKafka;
 use crate::error::ApiError;
 use crate::ingest::Ingest;
@@ -62,6 +66,9 @@ pub struct NodeContext {
     pub producer: FutureProducer,
     pub embedded: Option<Arc<EmbeddedKafka>>,
     pub bootstrap: String,
+    pub auth: Auth,
+    pub cors: Cors,
+    pub admission: Arc<Admission>,
     kafka_reachable: AtomicBool,
     draining: AtomicBool,
     stop_accepting: CancellationToken,
@@ -69,7 +76,35 @@ pub struct NodeContext {
 
 impl NodeContext {
     pub fn is_ready(&self) -> bool {
-        self.kafka_reachable.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+        self.kafka_reachable.load(Ordering::Acquire)
+            && !self.draining.load(Ordering::Acquire)
+            && !self.admission.is_full()
+    }
+
+    pub fn selector_limits(&self) -> SelectorLimits {
+        SelectorLimits {
+            max_selectors: self.config.max_selectors,
+            max_key_bytes: self.config.max_key_bytes,
+        }
+    }
+
+    /// The caller's grant for publishing to `topic` (`key` if any).
+    pub fn authorize_publish(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+        topic: &str,
+        key: Option<&str>,
+    ) -> Result<(), ApiError> {
+        match self.auth.grant(headers, query)? {
+            None => Err(ApiError::Unauthorized(
+                "publishing needs a token with a publish grant (Authorization: Bearer ...)".into(),
+            )),
+            Some(g) if g.may_publish(topic, key) => Ok(()),
+            Some(_) => Err(ApiError::Forbidden(format!(
+                "the token does not grant publishing to `{topic}`"
+            ))),
+        }
     }
 }
 
@@ -85,6 +120,25 @@ impl Node {
     /// Starts a node: Kafka clients (an embedded Kafka without `--brokers`),
     /// the ingest thread, the catch-up readers, and the HTTP listener.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
+        let auth = Auth::new(&AuthConfig {
+            hs256_secret: config.auth_hs256_secret.clone(),
+            public_keys: config.auth_public_keys.clone(),
+            issuer: config.auth_issuer.clone(),
+            audience: config.auth_audience.clone(),
+            cookie: config.auth_cookie.clone(),
+            anonymous: config.anonymous_topics.clone(),
+            leeway_seconds: config.auth_leeway_seconds,
+        })?;
+        if auth.is_open() {
+            tracing::warn!("no auth key configured: every topic is open to anyone (set --auth-hs256-secret or --auth-public-key)");
+        }
+        let cors = Cors::new(&config.cors_origins, config.cors_credentials);
+        let admission = Arc::new(Admission::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.trusted_proxy_header.as_deref(),
+            config.max_new_streams_per_second,
+        )?);
         let embedded = match &config.brokers {
             Some(_) => None,
             None => Some(Arc::new(
@@ -134,6 +188,9 @@ impl Node {
             producer,
             embedded,
             bootstrap,
+            auth,
+            cors,
+            admission,
             kafka_reachable: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             stop_accepting: CancellationToken::new(),
@@ -243,7 +300,7 @@ async fn serve(ctx: Arc<NodeContext>, listener: tokio::net::TcpListener) {
         .timer(TokioTimer::new())
         .header_read_timeout(ctx.config.header_read_timeout)
         .keep_alive(true)
-        .max_buf_size(64 * 1024);
+        .max_buf_size(ctx.config.max_header_bytes.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -359,7 +416,18 @@ async fn handle(
 ) -> Result<Response<HttpBody>, Infallible> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    let response = match (method.clone(), path.as_str()) {
+    let cors = ctx.cors.headers(req.headers());
+    let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len > ctx.config.max_url_bytes {
+        return Ok(error_response(
+            &ctx,
+            &ApiError::UriTooLong(ctx.config.max_url_bytes),
+        ));
+    }
+    let mut response = match (method.clone(), path.as_str()) {
+        (Method::OPTIONS, _) if req.headers().contains_key(header::ORIGIN) => {
+            return Ok(preflight(&ctx, req.headers()));
+        }
         (Method::GET, "/v1/events") => events(&ctx, peer, &req).await,
         (Method::POST, p) if p.starts_with("/v1/topics/") => {
             let topic = percent_decode(&p["/v1/topics/".len()..]);
@@ -391,7 +459,61 @@ async fn handle(
         }
         (_, p) => error_response(&ctx, &ApiError::NotFound(p.to_owned())),
     };
+    for (name, value) in cors.into_iter().flatten() {
+        response.headers_mut().insert(name, value);
+    }
     Ok(response)
+}
+
+fn preflight(ctx: &NodeContext, headers: &http::HeaderMap) -> Response<HttpBody> {
+    match ctx.cors.preflight(headers) {
+        Some(allowed) => {
+            let mut r = Response::builder().status(StatusCode::NO_CONTENT);
+            for (name, value) in allowed {
+                r = r.header(name, value);
+            }
+            r.body(Full::new(Bytes::new()).boxed())
+                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+        }
+        None => {
+            let origin = headers
+                .get(header::ORIGIN)
+                .and_then(|o| o.to_str().ok())
+                .unwrap_or_default();
+            error_response(ctx, &ApiError::OriginRefused(origin.to_owned()))
+        }
+    }
+}
+
+/// Checks every selector against the caller's grant (or the anonymous list).
+fn authorize_subscribe(
+    ctx: &NodeContext,
+    grant: Option<&Grant>,
+    request: &subscribe::SubscribeRequest,
+) -> Result<(), ApiError> {
+    for s in &request.selectors {
+        let key = s.key.as_deref();
+        if ctx.auth.anonymous_may_subscribe(&s.topic, key) {
+            continue;
+        }
+        let shown = match key {
+            Some(k) => format!("{}/{k}", s.topic),
+            None => s.topic.clone(),
+        };
+        match grant {
+            None => return Err(ApiError::Unauthorized(format!(
+                "`{shown}` needs a token (Authorization: Bearer, the {} cookie, or access_token=)",
+                ctx.config.auth_cookie
+            ))),
+            Some(g) if !g.may_subscribe(&s.topic, key) => {
+                return Err(ApiError::Forbidden(format!(
+                    "the token does not grant `{shown}`"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 fn percent_decode(text: &str) -> String {
@@ -411,19 +533,45 @@ async fn events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok());
     let request =
-        match subscribe::parse_request(req.uri().query(), header_id, SelectorLimits::default()) {
+        match subscribe::parse_request(req.uri().query(), header_id, ctx.selector_limits()) {
             Ok(r) => r,
             Err(e) => return error_response(ctx, &e),
         };
+    let grant = match ctx.auth.grant(req.headers(), req.uri().query()) {
+        Ok(g) => g,
+        Err(e) => return error_response(ctx, &e),
+    };
+    if let Err(e) = authorize_subscribe(ctx, grant.as_ref(), &request) {
+        return error_response(ctx, &e);
+    }
     if ctx.draining.load(Ordering::Acquire) {
         return come_back_later(ctx, "draining");
     }
+    let address = ctx.admission.client_address(peer.ip(), req.headers());
+    let ticket = match ctx.admission.admit(address) {
+        Ok(t) => t,
+        Err(Refusal::Full) => return come_back_later(ctx, "node full"),
+        Err(Refusal::Flooded) => return come_back_later(ctx, "too many new streams"),
+        Err(Refusal::TooManyFromAddress) => {
+            return error_response(
+                ctx,
+                &ApiError::TooManyRequests(format!(
+                    "{address} holds {} streams already",
+                    ctx.config.max_connections_per_ip
+                )),
+            )
+        }
+    };
+    let deadline = stream_deadline(ctx, grant.as_ref());
     match subscribe::open(ctx, request, peer).await {
         Ok(sub) => sse_headers(StatusCode::OK)
             .body(
                 SseBody {
                     connection: sub.connection.clone(),
                     registry: ctx.registry.clone(),
+                    deadline: deadline.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
+                    deadline_reason: deadline.map_or("", |(_, why)| why),
+                    _ticket: ticket,
                 }
                 .boxed(),
             )
@@ -433,6 +581,30 @@ async fn events(
             come_back_later(ctx, "kafka unavailable")
         }
         Err(e) => error_response(ctx, &e),
+    }
+}
+
+/// When a stream must end: its token's `exp`, or the maximum lifetime.
+fn stream_deadline(
+    ctx: &NodeContext,
+    grant: Option<&Grant>,
+) -> Option<(tokio::time::Instant, &'static str)> {
+    let now = tokio::time::Instant::now();
+    let exp = grant.and_then(|g| g.expires_at).map(|exp| {
+        let unix_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let left = (exp as f64 - unix_now).max(0.0);
+        (now + Duration::from_secs_f64(left), "token_expired")
+    });
+    let lifetime = ctx
+        .config
+        .max_stream_lifetime
+        .map(|l| (now + l, "max_lifetime"));
+    match (exp, lifetime) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
     }
 }
 
@@ -474,6 +646,10 @@ fn stats(ctx: &NodeContext) -> serde_json::Value {
 pub struct SseBody {
     connection: Arc<Connection>,
     registry: Arc<Registry>,
+    /// Token expiry or maximum lifetime.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    deadline_reason: &'static str,
+    _ticket: Ticket,
 }
 
 impl Body for SseBody {
@@ -484,9 +660,17 @@ impl Body for SseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.connection.queue.poll_drain(cx) {
+        let this = self.get_mut();
+        if let Some(deadline) = this.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                this.deadline = None;
+                let body = sse::signal_body("expired", &json!({"reason": this.deadline_reason}));
+                this.connection.queue.end(End::Expired, Some(body));
+            }
+        }
+        match this.connection.queue.poll_drain(cx) {
             Poll::Ready(Some(drained)) => {
-                let metrics = &self.registry.metrics;
+                let metrics = &this.registry.metrics;
                 metrics.bytes_delivered.inc_by(drained.bytes.len() as u64);
                 if let Some(ts) = drained.oldest_record_ms {
                     let now = SystemTime::now()

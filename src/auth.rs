@@ -1,0 +1,286 @@
+//! Who may read and write what: JWT bearer tokens with per-topic grants.
+//!
+//! A token (HS256 with a shared secret, RS256 or ES256 with a public key)
+//! comes from `Authorization: Bearer`, a cookie, or the `access_token` query
+//! parameter, in that order. Its `herald` claim lists patterns:
+//! `{"herald": {"subscribe": ["scores/*"], "publish": ["scores"]}}`.
+//!
+//! A pattern names a selector (`topic` or `topic/key`). It matches the same
+//! selector; a whole-topic pattern also matches every key of that topic; a
+//! pattern ending in `*` matches every selector that starts with the rest
+//! (`scores/*`: any key of `scores`, not the whole topic; `*`: everything).
+//!
+//! The key for a token is chosen by the token's own `alg`, but only among the
+//! keys configured for that algorithm family, so an HS256 token "signed" with
+//! a public key, or `alg: none`, is refused. Without any key configured the
+//! node is open (every topic readable and writable), and says so at start-up.
+
+use std::path::PathBuf;
+
+use http::HeaderMap;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+
+pub const QUERY_PARAMETER: &str = "access_token";
+
+/// A selector pattern from a token or from the anonymous list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern(String);
+
+impl Pattern {
+    pub fn new(text: &str) -> Pattern {
+        Pattern(text.trim().to_owned())
+    }
+
+    /// Whether this pattern allows `topic` (whole, `key == None`) or `topic/key`.
+    pub fn allows(&self, topic: &str, key: Option<&str>) -> bool {
+        let p = self.0.as_str();
+        if let Some(prefix) = p.strip_suffix('*') {
+            let selector = match key {
+                Some(k) => format!("{topic}/{k}"),
+                None => topic.to_owned(),
+            };
+            return selector.starts_with(prefix);
+        }
+        match p.split_once('/') {
+            Some((t, k)) => t == topic && key == Some(k),
+            None => p == topic,
+        }
+    }
+}
+
+/// What a caller may do.
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    subscribe: Vec<Pattern>,
+    publish: Vec<Pattern>,
+    /// The token's `exp`, seconds since the epoch.
+    pub expires_at: Option<u64>,
+    /// Everything is allowed (no auth configured).
+    open: bool,
+}
+
+impl Grant {
+    pub fn open() -> Grant {
+        Grant {
+            open: true,
+            ..Grant::default()
+        }
+    }
+
+    pub fn may_subscribe(&self, topic: &str, key: Option<&str>) -> bool {
+        self.open || self.subscribe.iter().any(|p| p.allows(topic, key))
+    }
+
+    pub fn may_publish(&self, topic: &str, key: Option<&str>) -> bool {
+        self.open || self.publish.iter().any(|p| p.allows(topic, key))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    exp: Option<u64>,
+    #[serde(default)]
+    herald: HeraldClaim,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct HeraldClaim {
+    #[serde(default)]
+    subscribe: Vec<String>,
+    #[serde(default)]
+    publish: Vec<String>,
+}
+
+/// Auth settings, from configuration.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    pub hs256_secret: Option<String>,
+    pub public_keys: Vec<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub cookie: String,
+    pub anonymous: Vec<String>,
+    pub leeway_seconds: u64,
+}
+
+pub struct Auth {
+    hmac: Option<DecodingKey>,
+    rsa: Vec<DecodingKey>,
+    ec: Vec<DecodingKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    cookie: String,
+    anonymous: Vec<Pattern>,
+    leeway: u64,
+}
+
+impl Auth {
+    pub fn new(config: &AuthConfig) -> anyhow::Result<Auth> {
+        let mut rsa = Vec::new();
+        let mut ec = Vec::new();
+        for path in &config.public_keys {
+            let pem = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("cannot read public key {}: {e}", path.display()))?;
+            if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+                rsa.push(k);
+            } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+                ec.push(k);
+            } else {
+                anyhow::bail!(
+                    "{} is neither an RSA nor an EC (P-256) public key in PEM form",
+                    path.display()
+                );
+            }
+        }
+        let hmac = match config.hs256_secret.as_deref() {
+            Some(s) if s.len() < 32 => anyhow::bail!("the HS256 secret must be at least 32 bytes"),
+            Some(s) => Some(DecodingKey::from_secret(s.as_bytes())),
+            None => None,
+        };
+        Ok(Auth {
+            hmac,
+            rsa,
+            ec,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            cookie: config.cookie.clone(),
+            anonymous: config.anonymous.iter().map(|p| Pattern::new(p)).collect(),
+            leeway: config.leeway_seconds,
+        })
+    }
+
+    /// No key configured: anyone may do anything.
+    pub fn is_open(&self) -> bool {
+        self.hmac.is_none() && self.rsa.is_empty() && self.ec.is_empty()
+    }
+
+    /// Whether anonymous callers may read this selector.
+    pub fn anonymous_may_subscribe(&self, topic: &str, key: Option<&str>) -> bool {
+        self.anonymous.iter().any(|p| p.allows(topic, key))
+    }
+
+    /// The token a request carries, if any.
+    pub fn token<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<String> {
+        if let Some(v) = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        {
+            if let Some(t) = v
+                .strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+            {
+                return Some(t.trim().to_owned());
+            }
+        }
+        for cookies in headers.get_all(http::header::COOKIE) {
+            let Ok(cookies) = cookies.to_str() else {
+                continue;
+            };
+            for c in cookies.split(';') {
+                if let Some((name, value)) = c.trim().split_once('=') {
+                    if name == self.cookie {
+                        return Some(value.to_owned());
+                    }
+                }
+            }
+        }
+        form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .find(|(k, _)| k == QUERY_PARAMETER)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    /// The caller's grant: open, anonymous (no token), or from a valid token.
+    /// A token that is present but invalid is an error, never anonymous.
+    pub fn grant(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Option<Grant>, ApiError> {
+        if self.is_open() {
+            return Ok(Some(Grant::open()));
+        }
+        match self.token(headers, query) {
+            None => Ok(None),
+            Some(t) => self.verify(&t).map(Some),
+        }
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Grant, ApiError> {
+        let invalid = |why: &str| ApiError::Unauthorized(format!("invalid token: {why}"));
+        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(&e.to_string()))?;
+        let keys: Vec<&DecodingKey> = match header.alg {
+            Algorithm::HS256 => self.hmac.iter().collect(),
+            Algorithm::RS256 => self.rsa.iter().collect(),
+            Algorithm::ES256 => self.ec.iter().collect(),
+            other => return Err(invalid(&format!("algorithm {other:?} is not accepted"))),
+        };
+        if keys.is_empty() {
+            return Err(invalid(&format!(
+                "no {:?} key is configured on this node",
+                header.alg
+            )));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.leeway;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        let mut last = None;
+        for key in keys {
+            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                Ok(data) => {
+                    let c = data.claims;
+                    return Ok(Grant {
+                        subscribe: c.herald.subscribe.iter().map(|p| Pattern::new(p)).collect(),
+                        publish: c.herald.publish.iter().map(|p| Pattern::new(p)).collect(),
+                        expires_at: c.exp,
+                        open: false,
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(invalid(&last.map(|e| e.to_string()).unwrap_or_default()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let p = Pattern::new("scores/*");
+        assert!(p.allows("scores", Some("m1")));
+        assert!(
+            !p.allows("scores", None),
+            "a key wildcard is not the whole topic"
+        );
+        assert!(!p.allows("scoresheet", Some("x")));
+        let whole = Pattern::new("scores");
+        assert!(whole.allows("scores", None));
+        assert!(
+            whole.allows("scores", Some("m1")),
+            "a whole topic includes its keys"
+        );
+        assert!(!whole.allows("scores2", None));
+        let key = Pattern::new("scores/m1");
+        assert!(key.allows("scores", Some("m1")));
+        assert!(!key.allows("scores", Some("m2")));
+        assert!(!key.allows("scores", None));
+        assert!(Pattern::new("*").allows("anything", Some("k")));
+        let prefix = Pattern::new("tenant-a.*");
+        assert!(prefix.allows("tenant-a.orders", None));
+        assert!(prefix.allows("tenant-a.orders", Some("k")));
+        assert!(!prefix.allows("tenant-b.orders", None));
+    }
+}
