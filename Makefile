@@ -10,10 +10,10 @@ ARGS ?=
 DEPS ?= build test
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build run test lint k8s-check clean distclean
+.PHONY: help deps build run test lint k8s-check image clean distclean
 
 help: ## list the verbs
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
 
 deps: ## install dependencies (DEPS="build test bench")
 	bash scripts/install-deps.sh $(DEPS)
@@ -25,14 +25,18 @@ run: ## build, then start herald serve --demo-topic demo $(ARGS) on 127.0.0.1:80
 	bash scripts/run.sh $(ARGS)
 
 # Tests use the dev profile (plain `cargo test`), not --release: see scripts/test.sh.
-test: ## install test dependencies, lint, cargo test --all-targets
+test: ## install test dependencies, lint, k8s-check, cargo test --all-targets
 	bash scripts/test.sh
 
 lint: ## cargo fmt --check and cargo clippy --all-targets -- -D warnings
 	bash scripts/lint.sh
 
-k8s-check: ## validate k8s/ manifests offline (kubernetes-validate)
+k8s-check: ## validate k8s/ (kubernetes-validate, rendered) and the Dockerfile (hadolint)
 	bash scripts/check-k8s.sh
+
+IMAGE ?= herald:latest
+image: ## build the container image $(IMAGE) (needs Docker with BuildKit)
+	docker build -t $(IMAGE) .
 
 clean: ## cargo clean
 	bash scripts/clean.sh

