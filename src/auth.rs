@@ -253,9 +253,54 @@ impl Auth {
     }
 }
 
+/// Mints an HS256 token (the `herald token` command).
+pub fn mint(args: &crate::config::TokenArgs) -> anyhow::Result<String> {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + args.ttl.as_secs();
+    let mut claims = serde_json::json!({
+        "exp": exp,
+        "herald": {"subscribe": args.subscribe, "publish": args.publish},
+    });
+    if let Some(iss) = &args.issuer {
+        claims["iss"] = iss.clone().into();
+    }
+    if let Some(aud) = &args.audience {
+        claims["aud"] = aud.clone().into();
+    }
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(args.secret.as_bytes()),
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn minted_tokens_verify() {
+        let args = crate::config::TokenArgs {
+            secret: "s".repeat(32),
+            subscribe: vec!["scores/*".into()],
+            publish: vec![],
+            ttl: std::time::Duration::from_secs(60),
+            issuer: None,
+            audience: None,
+        };
+        let auth = Auth::new(&AuthConfig {
+            hs256_secret: Some("s".repeat(32)),
+            cookie: "c".into(),
+            ..AuthConfig::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let token = mint(&args).unwrap_or_else(|e| panic!("{e}"));
+        let grant = auth.verify(&token).unwrap_or_else(|e| panic!("{e}"));
+        assert!(grant.may_subscribe("scores", Some("m1")));
+        assert!(!grant.may_publish("scores", Some("m1")));
+    }
 
     #[test]
     fn patterns() {

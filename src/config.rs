@@ -22,6 +22,28 @@ pub struct Cli {
 pub enum Command {
     /// Serve SSE streams from Kafka.
     Serve(Box<Config>),
+    /// Mint an HS256 token for development and tests.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The node's HS256 secret.
+    #[arg(long, env = "HERALD_AUTH_HS256_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// Selector patterns the token may subscribe to (repeatable).
+    #[arg(long)]
+    pub subscribe: Vec<String>,
+    /// Selector patterns the token may publish to (repeatable).
+    #[arg(long)]
+    pub publish: Vec<String>,
+    /// Lifetime of the token.
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    pub ttl: Duration,
+    #[arg(long)]
+    pub issuer: Option<String>,
+    #[arg(long)]
+    pub audience: Option<String>,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -199,6 +221,7 @@ impl Config {
         let cli = Cli::parse_from(["herald", "serve", "--listen", &listen.to_string()]);
         match cli.command {
             Command::Serve(config) => *config,
+            Command::Token(_) => unreachable!("parsed a serve command"),
         }
     }
 }

@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
             }
             node.shutdown(window).await;
         }
+        Command::Token(args) => println!("{}", herald::auth::mint(&args)?),
     }
     Ok(())
 }

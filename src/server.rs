@@ -501,10 +501,12 @@ fn authorize_subscribe(
             None => s.topic.clone(),
         };
         match grant {
-            None => return Err(ApiError::Unauthorized(format!(
+            None => {
+                return Err(ApiError::Unauthorized(format!(
                 "`{shown}` needs a token (Authorization: Bearer, the {} cookie, or access_token=)",
                 ctx.config.auth_cookie
-            ))),
+            )))
+            }
             Some(g) if !g.may_subscribe(&s.topic, key) => {
                 return Err(ApiError::Forbidden(format!(
                     "the token does not grant `{shown}`"
