@@ -10,7 +10,8 @@ ARGS ?=
 DEPS ?= build test
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build run test lint k8s-check image clean distclean
+.PHONY: help deps build run test lint k8s-check image clean distclean bench bench-smoke
+.PHONY: fuzz cluster cluster-down chaos
 
 help: ## list the verbs
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -34,6 +35,12 @@ lint: ## cargo fmt --check and cargo clippy --all-targets -- -D warnings
 k8s-check: ## validate k8s/ (kubernetes-validate, rendered) and the Dockerfile (hadolint)
 	bash scripts/check-k8s.sh
 
+bench: ## every DESIGN §6 scenario vs nchan and a baseline (~9 min); rewrites BENCHMARKS.md
+	bash scripts/bench.sh $(ARGS)
+
+bench-smoke: ## a few hundred connections for seconds; fails on any lost/reordered record
+	bash scripts/bench.sh --smoke
+
 IMAGE ?= herald:latest
 image: ## build the container image $(IMAGE) (needs Docker with BuildKit)
 	docker build -t $(IMAGE) .
@@ -43,3 +50,16 @@ clean: ## cargo clean
 
 distclean: ## clean, plus .tools/ and tests/browser/node_modules/
 	bash scripts/clean.sh --all
+
+fuzz: ## run each cargo-fuzz target for FUZZ_SECONDS (default 600) each; not in CI
+	bash scripts/fuzz.sh
+
+NODES ?= 3
+cluster: ## Tansu + NODES herald nodes + HAProxy (leastconn) + Prometheus, on this machine
+	bash scripts/cluster.sh up $(NODES)
+
+cluster-down: ## stop what make cluster started
+	bash scripts/cluster.sh down
+
+chaos: ## the chaos test alone, with its output (nodes killed, broker faults, 0 loss)
+	cargo test --test cluster chaos -- --nocapture

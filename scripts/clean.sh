@@ -12,6 +12,7 @@ if command -v cargo >/dev/null 2>&1; then
 else
   rm -rf "$HERALD_TARGET_DIR"
 fi
+rm -rf "$HERALD_ROOT/fuzz/target"
 if [[ "${1:-}" == "--all" ]]; then
   rm -rf "$HERALD_ROOT/.tools" "$HERALD_ROOT/tests/browser/node_modules"
 fi

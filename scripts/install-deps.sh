@@ -10,9 +10,10 @@
 #                  (httpx, httpx-sse), .tools/k8s-venv (kubernetes-validate,
 #                  hadolint), npm packages of tests/browser, tansu,
 #                  cargo-nextest
-#           bench  nginx-light and libnginx-mod-nchan (the nchan peer)
+#           bench  nginx-light and libnginx-mod-nchan (the nchan peer of
+#                  scripts/bench.sh), python3 for its report
 #   steps:  apt-build rust chromium prometheus python k8s-validate node tansu
-#           nextest tools-links
+#           nextest tools-links nchan
 #
 # Works on Debian 12 as root (or with sudo) reaching only Debian's apt,
 # crates.io, PyPI and npm. Logs of long steps go to .tools/logs/.
@@ -112,6 +113,20 @@ step_prometheus() {
     return 0
   fi
   apt_install "${MONITORING_APT[@]}"
+}
+
+# HAProxy for the multi-node tests (least connections in front of the nodes).
+step_haproxy() {
+  [[ -x /usr/sbin/haproxy ]] && return 0
+  apt_install haproxy
+}
+
+# cargo-audit for scripts/audit.sh (the offline advisory check in make test).
+step_audit() {
+  command -v cargo-audit >/dev/null 2>&1 && return 0
+  need_cargo
+  log "installing cargo-audit (cargo install, about 5 minutes)"
+  run_logged cargo-audit cargo install cargo-audit --locked
 }
 
 # Offline checks of k8s/ and the Dockerfile for scripts/check-k8s.sh, in their
@@ -221,10 +236,24 @@ group_test() {
   step_k8s_validate
   step_node
   step_nextest
+  step_haproxy
+  step_audit
   step_tansu
   step_tools_links
 }
-group_bench() { apt_install "${BENCH_APT[@]}"; }
+# The peer of scripts/bench.sh. bench/nchan.conf loads the module by path and
+# herald-bench starts nginx itself (its own prefix, loopback port), so a system
+# nginx service the package may start is neither needed nor touched.
+NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
+step_nchan() {
+  if [[ ! -x /usr/sbin/nginx || ! -f "$NCHAN_MODULE" ]]; then
+    apt_install "${BENCH_APT[@]}"
+  fi
+  [[ -f "$NCHAN_MODULE" ]] || die "$NCHAN_MODULE missing after installing ${BENCH_APT[*]}"
+  command -v python3 >/dev/null 2>&1 || apt_install python3
+}
+
+group_bench() { step_nchan; }
 
 main() {
   [[ $# -eq 0 ]] && set -- build
@@ -243,7 +272,10 @@ main() {
       node) step_node ;;
       tansu) step_tansu ;;
       nextest) step_nextest ;;
+      haproxy) step_haproxy ;;
+      audit) step_audit ;;
       tools-links) step_tools_links ;;
+      nchan) step_nchan ;;
       -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
       *) die "unknown group or step '$arg' (try --help)" ;;
     esac

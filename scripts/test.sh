@@ -19,6 +19,8 @@ bash scripts/lint.sh
 # Kubernetes manifests (rendered with kubectl's kustomize when there) and the
 # Dockerfile, offline; quick, so it runs before the long cargo build.
 bash scripts/check-k8s.sh
+# Known advisories in our dependencies (offline snapshot of the RustSec database).
+bash scripts/audit.sh
 
 # HERALD_TOOLS (exported by lib.sh, default .tools/) is where tests find
 # bin/tansu, bin/chromium, bin/python (the venv with httpx and httpx-sse).

@@ -87,7 +87,8 @@ fn parse_time(text: &str) -> Result<i64, ApiError> {
                 "since=`{text}` is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor epoch milliseconds"
             ))
         })?;
-    Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
+    // Kafka reads -1 and -2 as "latest" and "earliest": a time before 1970 is 0.
+    Ok(((t.unix_timestamp_nanos() / 1_000_000) as i64).max(0))
 }
 
 /// Parses the query string. `last_event_id` (the header) wins over the
@@ -204,10 +205,8 @@ pub fn plan(request: &SubscribeRequest, partition_counts: &BTreeMap<String, i32>
     });
     for s in &request.selectors {
         let n = partition_counts.get(&s.topic).copied().unwrap_or(1);
-        key.push('\n');
-        key.push_str(&s.topic);
-        key.push('#');
-        key.push_str(&n.to_string());
+        // Length-prefixed, so that no key can spell another subscription.
+        key.push_str(&format!("\n{}:{}#{n}", s.topic.len(), s.topic));
         match &s.key {
             None => {
                 for p in 0..n {
@@ -215,8 +214,7 @@ pub fn plan(request: &SubscribeRequest, partition_counts: &BTreeMap<String, i32>
                 }
             }
             Some(k) => {
-                key.push('/');
-                key.push_str(k);
+                key.push_str(&format!("/{}:{k}", k.len()));
                 let p = partitioner::partition_for_key(k.as_bytes(), n);
                 match per_partition
                     .entry((s.topic.clone(), p))
@@ -440,6 +438,42 @@ mod tests {
         assert_eq!(r.start, Start::Cursor("header".into()));
         let r = req("topic=t&lastEventId=param").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.start, Start::Cursor("param".into()));
+    }
+
+    #[test]
+    fn keys_cannot_spell_another_subscription() {
+        let counts = BTreeMap::from([("t".to_string(), 2)]);
+        let one = req("topic=t/a%0At%232/b").unwrap_or_else(|e| panic!("{e}"));
+        let two = req("topic=t/a&topic=t/b").unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(
+            plan(&one, &counts).fingerprint,
+            plan(&two, &counts).fingerprint
+        );
+    }
+
+    #[test]
+    fn since_before_1970_is_zero_not_a_kafka_sentinel() {
+        assert_eq!(
+            req("topic=t&since=1969-12-31T23:59:59.999Z")
+                .map(|r| r.start)
+                .ok(),
+            Some(Start::Since(0))
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_query_parses_or_fails_cleanly_and_plans_within_bounds(query in "\\PC{0,200}", n in 1i32..64) {
+            if let Ok(r) = parse_request(Some(&query), None, SelectorLimits::default()) {
+                proptest::prop_assert!(!r.selectors.is_empty() && r.selectors.len() <= 64);
+                let counts: BTreeMap<String, i32> = r.selectors.iter().map(|s| (s.topic.clone(), n)).collect();
+                let p = plan(&r, &counts);
+                for (topic, partition, _) in &p.slots {
+                    proptest::prop_assert!(counts.contains_key(&**topic), "no slot outside the selectors");
+                    proptest::prop_assert!((0..n).contains(partition));
+                }
+            }
+        }
     }
 
     #[test]

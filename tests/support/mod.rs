@@ -120,10 +120,20 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> hyper::Response<hyper::body::Incoming> {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    try_http(addr, method, path, headers, body)
         .await
-        .expect("handshake");
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+pub async fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<hyper::Response<hyper::body::Incoming>, Box<dyn std::error::Error + Send + Sync>> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -134,10 +144,7 @@ pub async fn http(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    sender
-        .send_request(req.body(Full::new(body)).expect("request"))
-        .await
-        .expect("response")
+    Ok(sender.send_request(req.body(Full::new(body))?).await?)
 }
 
 /// GET or POST, whole body as text.
@@ -186,11 +193,22 @@ pub async fn metric(node: &Node, name: &str) -> f64 {
 
 /// Opens `GET path` and, for a 200 event stream, parses events as they come.
 pub async fn open(addr: SocketAddr, path: &str, last_event_id: Option<&str>) -> Stream {
+    try_open(addr, path, last_event_id)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"))
+}
+
+/// `open`, but a failed connection is an error rather than a panic.
+pub async fn try_open(
+    addr: SocketAddr,
+    path: &str,
+    last_event_id: Option<&str>,
+) -> Result<Stream, Box<dyn std::error::Error + Send + Sync>> {
     let headers: Vec<(&str, &str)> = last_event_id
         .map(|id| ("last-event-id", id))
         .into_iter()
         .collect();
-    let resp = http(addr, "GET", path, &headers, Bytes::new()).await;
+    let resp = try_http(addr, "GET", path, &headers, Bytes::new()).await?;
     let status = resp.status().as_u16();
     let hdrs: HashMap<String, String> = resp
         .headers()
@@ -213,7 +231,7 @@ pub async fn open(addr: SocketAddr, path: &str, last_event_id: Option<&str>) -> 
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        return Stream {
+        return Ok(Stream {
             status,
             headers: hdrs,
             body: String::from_utf8_lossy(&bytes).into_owned(),
@@ -222,7 +240,7 @@ pub async fn open(addr: SocketAddr, path: &str, last_event_id: Option<&str>) -> 
             comments: 0,
             ended: true,
             task: tokio::spawn(async {}),
-        };
+        });
     }
     let mut body = resp.into_body();
     let task = tokio::spawn(async move {
@@ -239,16 +257,16 @@ pub async fn open(addr: SocketAddr, path: &str, last_event_id: Option<&str>) -> 
         }
         let _ = tx.send(Item::End);
     });
-    Stream {
+    Ok(Stream {
         status,
         headers: hdrs,
         body: String::new(),
         items: rx,
-        last_id: None,
+        last_id: last_event_id.map(str::to_owned),
         comments: 0,
         ended: false,
         task,
-    }
+    })
 }
 
 impl Stream {
@@ -405,6 +423,7 @@ pub const SECS_10: Duration = Duration::from_secs(10);
 pub struct Tansu {
     pub bootstrap: String,
     child: tokio::process::Child,
+    port: u16,
     _dir: TempDir,
 }
 
@@ -464,6 +483,16 @@ impl Tansu {
     pub async fn start() -> Tansu {
         let dir = TempDir::new("herald-tansu");
         let port = free_port();
+        let child = Tansu::spawn(&dir.0, port).await;
+        Tansu {
+            bootstrap: format!("127.0.0.1:{port}"),
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    async fn spawn(dir: &std::path::Path, port: u16) -> tokio::process::Child {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = tokio::process::Command::new(tansu_binary())
             .args([
@@ -474,7 +503,7 @@ impl Tansu {
                 &url,
             ])
             .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(&dir.0)
+            .current_dir(dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -487,11 +516,17 @@ impl Tansu {
             || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
         )
         .await;
-        Tansu {
-            bootstrap: format!("127.0.0.1:{port}"),
-            child,
-            _dir: dir,
-        }
+        child
+    }
+
+    /// Kills the broker (its data stays in SQLite).
+    pub async fn stop(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Starts it again on the same port and storage.
+    pub async fn start_again(&mut self) {
+        self.child = Tansu::spawn(&self._dir.0, self.port).await;
     }
 
     pub async fn create_topic(&self, name: &str, partitions: i32) {
@@ -588,4 +623,206 @@ pub async fn produce_sequence(
 
 pub fn keys(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("k{i}")).collect()
+}
+
+/// librdkafka's mock cluster owned by the test, so that it can inject faults.
+pub struct MockKafka {
+    pub bootstrap: String,
+    commands: std::sync::mpsc::Sender<MockCommand>,
+}
+
+enum MockCommand {
+    CreateTopic(String, i32, std::sync::mpsc::Sender<()>),
+    RequestErrors(
+        rdkafka::types::RDKafkaApiKey,
+        Vec<rdkafka::types::RDKafkaRespErr>,
+    ),
+    Leader(String, i32, i32),
+}
+
+impl MockKafka {
+    pub const BROKERS: [i32; 3] = [1, 2, 3];
+
+    pub fn start() -> MockKafka {
+        let (tx, rx) = std::sync::mpsc::channel::<MockCommand>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let cluster = rdkafka::mocking::MockCluster::new(3).expect("mock cluster");
+            let _ = ready_tx.send(cluster.bootstrap_servers());
+            for command in rx {
+                let result = match command {
+                    MockCommand::CreateTopic(name, partitions, done) => {
+                        let r = cluster.create_topic(&name, partitions, 3);
+                        let _ = done.send(());
+                        r
+                    }
+                    MockCommand::RequestErrors(api, errors) => {
+                        cluster.request_errors(api, &errors);
+                        Ok(())
+                    }
+                    MockCommand::Leader(t, p, b) => cluster.partition_leader(&t, p, Some(b)),
+                };
+                if let Err(e) = result {
+                    eprintln!("mock cluster command failed: {e}");
+                }
+            }
+        });
+        MockKafka {
+            bootstrap: ready_rx.recv().expect("mock cluster started"),
+            commands: tx,
+        }
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        let (done, wait) = std::sync::mpsc::channel();
+        let _ = self
+            .commands
+            .send(MockCommand::CreateTopic(name.to_owned(), partitions, done));
+        wait.recv().expect("topic created");
+    }
+
+    /// The next requests of this kind fail with these errors, in order
+    /// (`__TRANSPORT` drops the client's connection). The mock's own
+    /// `broker_down` is not used: librdkafka 2.12's mock aborts the process
+    /// when it cannot re-create the broker's listener on the same port.
+    pub fn fail_requests(
+        &self,
+        api: rdkafka::types::RDKafkaApiKey,
+        errors: Vec<rdkafka::types::RDKafkaRespErr>,
+    ) {
+        let _ = self.commands.send(MockCommand::RequestErrors(api, errors));
+    }
+
+    pub fn move_leader(&self, topic: &str, partition: i32, broker: i32) {
+        let _ = self
+            .commands
+            .send(MockCommand::Leader(topic.to_owned(), partition, broker));
+    }
+}
+
+/// A herald node as a real process (so that it can be SIGKILLed).
+pub struct NodeProcess {
+    pub addr: SocketAddr,
+    args: Vec<String>,
+    child: Option<tokio::process::Child>,
+}
+
+impl NodeProcess {
+    pub async fn start(bootstrap: &str, name: &str, extra: &[&str]) -> NodeProcess {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--listen".into(),
+            addr.to_string(),
+            "--brokers".into(),
+            bootstrap.into(),
+            "--node-id".into(),
+            name.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut n = NodeProcess {
+            addr,
+            args,
+            child: None,
+        };
+        n.spawn().await;
+        n
+    }
+
+    async fn spawn(&mut self) {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(&self.args)
+            .env("HERALD_LOG", "error")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("herald starts");
+        self.child = Some(child);
+        let addr = self.addr;
+        wait_for("node ready", Duration::from_secs(30), || async move {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+                && request(addr, "GET", "/readyz", b"").await.0 == 200
+        })
+        .await;
+    }
+
+    /// SIGKILL: no drain, no goodbye.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.spawn().await;
+    }
+
+    pub async fn connections(&self) -> i64 {
+        let (status, body) = request(self.addr, "GET", "/v1/stats", b"").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["connections"].as_i64())
+            .unwrap_or(-1)
+    }
+}
+
+/// HAProxy (Debian's) with the repository's configuration template.
+pub struct Haproxy {
+    pub addr: SocketAddr,
+    child: tokio::process::Child,
+    _dir: TempDir,
+}
+
+impl Haproxy {
+    pub async fn start(nodes: &[SocketAddr]) -> Haproxy {
+        let template = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/haproxy.cfg.template"),
+        )
+        .expect("template");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let servers: Vec<String> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("    server n{} {a} check", i + 1))
+            .collect();
+        let config = template
+            .replace("@LISTEN@", &addr.to_string())
+            .replace("@SERVERS@", &servers.join("\n"));
+        let dir = TempDir::new("herald-haproxy");
+        let path = dir.0.join("haproxy.cfg");
+        std::fs::write(&path, config).expect("write config");
+        let haproxy = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("haproxy is not installed: run `make test` (scripts/install-deps.sh test)");
+        let child = tokio::process::Command::new(haproxy)
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("haproxy starts");
+        wait_for(
+            "haproxy serves a node",
+            Duration::from_secs(20),
+            || async move {
+                tokio::net::TcpStream::connect(addr).await.is_ok()
+                    && request(addr, "GET", "/healthz", b"").await.0 == 200
+            },
+        )
+        .await;
+        Haproxy {
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
 }
