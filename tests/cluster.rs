@@ -1,0 +1,367 @@
+//! Several nodes behind a real HAProxy (least connections) on one Kafka:
+//! even spread, restarted nodes filled first, and zero loss through node
+//! kills, broker failures, leader moves and a full broker outage.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use support::*;
+
+/// Follows `path` through the proxy like a browser's EventSource: on any end
+/// it reconnects with its last id, until every expected record arrived.
+async fn follow(
+    proxy: std::net::SocketAddr,
+    path: String,
+    keys: Vec<String>,
+    per_key: u64,
+    done: Arc<AtomicUsize>,
+) -> (u64, usize) {
+    let mut v = Verifier::default();
+    let mut last: Option<String> = None;
+    let mut reconnects = 0;
+    let target = keys.len() as u64 * per_key;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while v.received < target {
+        assert!(
+            Instant::now() < deadline,
+            "client on {path} stalled at {} of {target}",
+            v.received
+        );
+        let mut s = match try_open(proxy, &path, last.as_deref()).await {
+            Ok(s) if s.status == 200 => s,
+            _ => {
+                tokio::time::sleep(Duration::from_millis(100)).await; // reconnect backoff, as EventSource's retry
+                continue;
+            }
+        };
+        while v.received < target {
+            match s.next_event(Duration::from_secs(5)).await {
+                Some(e) => {
+                    if let Some(d) = e.data {
+                        v.see(&d);
+                    }
+                }
+                None if s.ended => break,
+                None => {}
+            }
+        }
+        last = s.last_id.clone();
+        if v.received < target {
+            reconnects += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for k in &keys {
+        assert_eq!(v.next.get(k).copied(), Some(per_key), "every record of {k}");
+    }
+    done.fetch_add(1, Ordering::AcqRel);
+    (v.received, reconnects)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_spreads_clients_and_fills_a_restarted_node_first() {
+    let kafka = MockKafka::start();
+    kafka.create_topic("spread", 4);
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(NodeProcess::start(&kafka.bootstrap, &format!("n{i}"), &[]).await);
+    }
+    let proxy = Haproxy::start(&nodes.iter().map(|n| n.addr).collect::<Vec<_>>()).await;
+    let mut clients = Vec::new();
+    for i in 0..300 {
+        let s = open(
+            proxy.addr,
+            &events_path(&[&format!("spread/k{}", i % 20)], ""),
+            None,
+        )
+        .await;
+        assert_eq!(s.status, 200);
+        clients.push(s);
+    }
+    let mut counts = Vec::new();
+    for n in &nodes {
+        counts.push(n.connections().await);
+    }
+    for c in &counts {
+        assert!(
+            (90..=110).contains(c),
+            "within ±10% of 100 per node: {counts:?}"
+        );
+    }
+    // Node 2 restarts: its clients are cut off; new clients go to it first.
+    nodes[1].restart().await;
+    wait_for(
+        "the proxy sees node 2 up",
+        Duration::from_secs(10),
+        || async {
+            // New streams land on node 2 once HAProxy's check has passed.
+            let s = open(proxy.addr, &events_path(&["spread/probe"], ""), None).await;
+            let on_node2 = nodes[1].connections().await >= 1;
+            drop(s);
+            on_node2
+        },
+    )
+    .await;
+    let before: Vec<i64> = futures_counts(&nodes).await;
+    for i in 0..60 {
+        clients.push(
+            open(
+                proxy.addr,
+                &events_path(&[&format!("spread/k{}", i % 20)], ""),
+                None,
+            )
+            .await,
+        );
+    }
+    let after: Vec<i64> = futures_counts(&nodes).await;
+    let to_restarted = after[1] - before[1];
+    assert!(
+        to_restarted >= 54,
+        "the restarted node took {to_restarted} of 60 new clients ({before:?} → {after:?})"
+    );
+    println!("least connections: {counts:?} for 300 clients; after a restart the restarted node took {to_restarted}/60 new clients");
+    drop(proxy);
+}
+
+async fn futures_counts(nodes: &[NodeProcess]) -> Vec<i64> {
+    let mut out = Vec::new();
+    for n in nodes {
+        out.push(n.connections().await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_kills_and_broker_faults_lose_nothing() {
+    const PARTITIONS: i32 = 12;
+    const KEYS: usize = 100;
+    const PER_KEY: u64 = 1000;
+    let kafka = Arc::new(MockKafka::start());
+    kafka.create_topic("chaos", PARTITIONS);
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(
+            NodeProcess::start(&kafka.bootstrap, &format!("c{i}"), &["--retry-ms", "200"]).await,
+        );
+    }
+    let proxy = Haproxy::start(&nodes.iter().map(|n| n.addr).collect::<Vec<_>>()).await;
+    let all_keys = keys(KEYS);
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    let whole = 10;
+    let keyed = 490;
+    for _ in 0..whole {
+        clients.spawn(follow(
+            proxy.addr,
+            events_path(&["chaos"], ""),
+            all_keys.clone(),
+            PER_KEY,
+            done.clone(),
+        ));
+    }
+    for i in 0..keyed {
+        let k = all_keys[i % KEYS].clone();
+        clients.spawn(follow(
+            proxy.addr,
+            events_path(&[&format!("chaos/{k}")], ""),
+            vec![k],
+            PER_KEY,
+            done.clone(),
+        ));
+    }
+    wait_for(
+        "every client connected",
+        Duration::from_secs(60),
+        || async { futures_counts(&nodes).await.iter().sum::<i64>() >= (whole + keyed) as i64 },
+    )
+    .await;
+
+    // Faults while records flow: node SIGKILLs and restarts, partition
+    // leaders moving between brokers, and brokers failing requests and
+    // dropping connections (fetch, produce, metadata).
+    let stop = Arc::new(AtomicBool::new(false));
+    let chaos = {
+        let (stop, kafka) = (stop.clone(), kafka.clone());
+        tokio::spawn(async move {
+            use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr as E};
+            let (mut kills, mut broker_faults, mut moves) = (0, 0, 0);
+            let mut round = 0usize;
+            while !stop.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_secs(3)).await; // spacing between faults
+                let victim = rand::thread_rng().gen_range(0..nodes.len());
+                nodes[victim].kill().await;
+                kills += 1;
+                for p in 0..PARTITIONS {
+                    let leader = MockKafka::BROKERS[(round + p as usize) % 3];
+                    kafka.move_leader("chaos", p, leader);
+                    moves += 1;
+                }
+                let errors = vec![
+                    E::RD_KAFKA_RESP_ERR__TRANSPORT,
+                    E::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+                    E::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
+                    E::RD_KAFKA_RESP_ERR__TRANSPORT,
+                ];
+                kafka.fail_requests(RDKafkaApiKey::Fetch, errors.clone());
+                kafka.fail_requests(RDKafkaApiKey::Produce, errors.clone());
+                kafka.fail_requests(
+                    RDKafkaApiKey::Metadata,
+                    vec![E::RD_KAFKA_RESP_ERR__TRANSPORT],
+                );
+                broker_faults += 1;
+                nodes[victim].restart().await;
+                round += 1;
+            }
+            (nodes, kills, broker_faults, moves)
+        })
+    };
+    let p = {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &kafka.bootstrap)
+            .set("partitioner", "murmur2_random")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "60000");
+        c.create::<rdkafka::producer::FutureProducer>()
+            .expect("producer")
+    };
+    let started = Instant::now();
+    let progress = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await; // progress report only
+                eprintln!(
+                    "chaos progress: {:?} clients done {}",
+                    started.elapsed(),
+                    done.load(Ordering::Acquire)
+                );
+            }
+        })
+    };
+    produce_sequence(
+        &p,
+        "chaos",
+        &all_keys,
+        0..PER_KEY,
+        Duration::from_millis(25),
+        "",
+    )
+    .await;
+    eprintln!("chaos: produced in {:?}", started.elapsed());
+    stop.store(true, Ordering::Release);
+    let (nodes, kills, outages, moves) = chaos.await.expect("chaos");
+    let faults_stopped = Instant::now();
+    let mut reconnects = 0;
+    let mut delivered = 0;
+    while let Some(r) = clients.join_next().await {
+        let (received, n) = r.expect("a client saw every record exactly once, in order per key");
+        delivered += received;
+        reconnects += n;
+    }
+    let catch_up = faults_stopped.elapsed();
+    progress.abort();
+    assert!(
+        catch_up <= Duration::from_secs(30),
+        "caught up {catch_up:?} after the faults stopped"
+    );
+    assert_eq!(done.load(Ordering::Acquire), whole + keyed);
+    println!(
+        "chaos: {} clients ({whole} whole-topic, {keyed} keyed), {} records over {PARTITIONS} partitions in {:?}; \
+         {kills} node kills, {outages} rounds of broker request failures, {moves} leader moves, {reconnects} reconnects; \
+         {delivered} deliveries verified: 0 lost, 0 duplicated, 0 reordered; all caught up {catch_up:?} after the faults stopped",
+        whole + keyed,
+        KEYS as u64 * PER_KEY,
+        faults_stopped.duration_since(started),
+    );
+    drop(nodes);
+    drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minute_without_any_broker_keeps_connections_and_loses_nothing() {
+    // A real broker process (Tansu) is killed for a minute and started again
+    // on the same port and storage.
+    let mut tansu = Tansu::start().await;
+    tansu.create_topic("outage", 4).await;
+    let nodes = vec![
+        NodeProcess::start(&tansu.bootstrap, "o1", &[]).await,
+        NodeProcess::start(&tansu.bootstrap, "o2", &[]).await,
+    ];
+    let proxy = Haproxy::start(&nodes.iter().map(|n| n.addr).collect::<Vec<_>>()).await;
+    let ks = keys(8);
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let (path, keys) = if i % 4 == 0 {
+            (events_path(&["outage"], ""), ks.clone())
+        } else {
+            let k = ks[i % 8].clone();
+            (events_path(&[&format!("outage/{k}")], ""), vec![k])
+        };
+        clients.spawn(follow(proxy.addr, path, keys, 200, done.clone()));
+    }
+    wait_for("clients connected", SECS_10, || async {
+        futures_counts(&nodes).await.iter().sum::<i64>() == 40
+    })
+    .await;
+    let p = producer(&tansu.bootstrap);
+    produce_sequence(&p, "outage", &ks, 0..100, Duration::ZERO, "").await;
+    wait_for(
+        "the first half delivered",
+        Duration::from_secs(30),
+        || async {
+            let (_, m) = request(nodes[0].addr, "GET", "/metrics", b"").await;
+            let (_, m2) = request(nodes[1].addr, "GET", "/metrics", b"").await;
+            let delivered = |m: &str| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("herald_events_delivered_total "))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            // 30 keyed clients get 100 each, 10 whole-topic clients 800 each.
+            delivered(&m) + delivered(&m2) >= (30 * 100 + 10 * 800) as f64
+        },
+    )
+    .await;
+    let before = futures_counts(&nodes).await;
+    tansu.stop().await;
+    for n in &nodes {
+        let addr = n.addr;
+        wait_for("readiness fails without Kafka", SECS_10, || async move {
+            request(addr, "GET", "/readyz", b"").await.0 == 503
+        })
+        .await;
+    }
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(60) {
+        for n in &nodes {
+            assert_eq!(
+                request(n.addr, "GET", "/healthz", b"").await.0,
+                200,
+                "healthy without Kafka"
+            );
+        }
+        assert_eq!(futures_counts(&nodes).await, before, "connections kept");
+        tokio::time::sleep(Duration::from_secs(2)).await; // sampling through the outage
+    }
+    tansu.start_again().await;
+    for n in &nodes {
+        let addr = n.addr;
+        wait_for("ready again", Duration::from_secs(60), || async move {
+            request(addr, "GET", "/readyz", b"").await.0 == 200
+        })
+        .await;
+    }
+    produce_sequence(&p, "outage", &ks, 100..200, Duration::ZERO, "").await;
+    let resumed = Instant::now();
+    while let Some(r) = clients.join_next().await {
+        r.expect("every record after the outage, none lost");
+    }
+    println!("outage: 60 s without the broker, connections {before:?} kept, all 40 clients complete {:?} after production resumed", resumed.elapsed());
+    drop(proxy);
+}
