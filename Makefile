@@ -61,5 +61,5 @@ cluster: ## Tansu + NODES herald nodes + HAProxy (leastconn) + Prometheus, on th
 cluster-down: ## stop what make cluster started
 	bash scripts/cluster.sh down
 
-chaos: ## the chaos test alone, with its output (nodes killed, broker faults, 0 loss)
-	cargo test --test cluster chaos -- --nocapture
+chaos: ## the long chaos run (500,000 records; nodes killed, broker faults, 0 loss), with its figures
+	HERALD_CHAOS_PER_KEY=5000 cargo test --release --test cluster chaos -- --nocapture

@@ -123,6 +123,23 @@ async fn least_connections_spreads_clients_and_fills_a_restarted_node_first() {
         to_restarted >= 54,
         "the restarted node took {to_restarted} of 60 new clients ({before:?} → {after:?})"
     );
+    // The built-in page works through the proxy, in a real browser.
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let page = tokio::process::Command::new("node")
+        .current_dir(&dir)
+        .args(["page.mjs", &format!("http://{}", proxy.addr)])
+        .kill_on_drop(true)
+        .output();
+    let page = tokio::time::timeout(Duration::from_secs(120), page)
+        .await
+        .expect("bounded")
+        .expect("node runs");
+    assert!(
+        page.status.success(),
+        "page through HAProxy: {}{}",
+        String::from_utf8_lossy(&page.stdout),
+        String::from_utf8_lossy(&page.stderr)
+    );
     println!("least connections: {counts:?} for 300 clients; after a restart the restarted node took {to_restarted}/60 new clients");
     drop(proxy);
 }
@@ -139,7 +156,11 @@ async fn futures_counts(nodes: &[NodeProcess]) -> Vec<i64> {
 async fn chaos_kills_and_broker_faults_lose_nothing() {
     const PARTITIONS: i32 = 12;
     const KEYS: usize = 100;
-    const PER_KEY: u64 = 1000;
+    // `make chaos` runs a longer variant (HERALD_CHAOS_PER_KEY=5000: 500,000 records).
+    let per_key: u64 = std::env::var("HERALD_CHAOS_PER_KEY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     let kafka = Arc::new(MockKafka::start());
     kafka.create_topic("chaos", PARTITIONS);
     let mut nodes = Vec::new();
@@ -159,7 +180,7 @@ async fn chaos_kills_and_broker_faults_lose_nothing() {
             proxy.addr,
             events_path(&["chaos"], ""),
             all_keys.clone(),
-            PER_KEY,
+            per_key,
             done.clone(),
         ));
     }
@@ -169,7 +190,7 @@ async fn chaos_kills_and_broker_faults_lose_nothing() {
             proxy.addr,
             events_path(&[&format!("chaos/{k}")], ""),
             vec![k],
-            PER_KEY,
+            per_key,
             done.clone(),
         ));
     }
@@ -247,7 +268,7 @@ async fn chaos_kills_and_broker_faults_lose_nothing() {
         &p,
         "chaos",
         &all_keys,
-        0..PER_KEY,
+        0..per_key,
         Duration::from_millis(25),
         "",
     )
@@ -275,7 +296,7 @@ async fn chaos_kills_and_broker_faults_lose_nothing() {
          {kills} node kills, {outages} rounds of broker request failures, {moves} leader moves, {reconnects} reconnects; \
          {delivered} deliveries verified: 0 lost, 0 duplicated, 0 reordered; all caught up {catch_up:?} after the faults stopped",
         whole + keyed,
-        KEYS as u64 * PER_KEY,
+        KEYS as u64 * per_key,
         faults_stopped.duration_since(started),
     );
     drop(nodes);
