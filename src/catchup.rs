@@ -28,6 +28,10 @@ use crate::registry::{push_gap, push_own, Join, Registry, SlotStart, Subscriber}
 
 const POLL_TIMEOUT: Duration = Duration::from_millis(50);
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause before another pass for clients deferred as slow.
+const RETRY_SLOW: Duration = Duration::from_millis(10);
+/// Pause before retrying a failed pass, times the failures in a row (≤ 20).
+const RETRY_FAILED: Duration = Duration::from_millis(100);
 
 struct Job {
     sub: Arc<Subscriber>,
@@ -130,6 +134,7 @@ struct Reader {
 
 impl Reader {
     fn run(mut self) {
+        let mut failures = 0u32;
         loop {
             let (key, jobs) = {
                 let mut board = self.shared.board.lock();
@@ -151,11 +156,36 @@ impl Reader {
                 }
             };
             self.registry.metrics.catchup_readers.inc();
-            if let Err(e) = self.replay(&key, jobs) {
-                self.registry.metrics.kafka_errors.inc();
-                tracing::warn!(topic = %key.0, partition = key.1, error = %e, "catch-up read failed");
-            }
+            let mut jobs = jobs;
+            let result = self.replay(&key, &mut jobs);
             self.registry.metrics.catchup_readers.dec();
+            // Whatever still needs records goes back on the board: a failed
+            // read (broker unreachable, leader moving) is retried, never
+            // dropped, or its clients would wait forever.
+            jobs.retain(|job| !job.sub.is_closed());
+            let pause = match result {
+                Ok(()) => {
+                    failures = 0;
+                    // Clients that were not keeping up: a moment to drain.
+                    RETRY_SLOW
+                }
+                Err(e) => {
+                    self.registry.metrics.kafka_errors.inc();
+                    tracing::warn!(topic = %key.0, partition = key.1, error = %e, "catch-up read failed; will retry");
+                    failures += 1;
+                    RETRY_FAILED.saturating_mul(failures.min(20))
+                }
+            };
+            if !jobs.is_empty() && !self.shared.stopping.load(Ordering::Acquire) {
+                std::thread::sleep(pause);
+                self.shared
+                    .board
+                    .lock()
+                    .pending
+                    .entry(key.clone())
+                    .or_default()
+                    .extend(jobs);
+            }
             self.shared.board.lock().busy.remove(&key);
             self.shared.wake.notify_all();
         }
@@ -168,15 +198,18 @@ impl Reader {
         self.consumer.as_ref().ok_or(KafkaError::Canceled)
     }
 
-    fn replay(&mut self, key: &PartitionKey, mut jobs: Vec<Job>) -> Result<(), KafkaError> {
+    /// One pass over a partition for `jobs`. On return, `jobs` holds the
+    /// connections that still need records from Kafka: ones deferred for
+    /// being slow, and all unfinished ones if the pass failed.
+    fn replay(&mut self, key: &PartitionKey, jobs: &mut Vec<Job>) -> Result<(), KafkaError> {
         let mut wakers = Wakers::default();
-        hand_over(&self.registry, &mut jobs, &mut wakers);
+        hand_over(&self.registry, jobs, &mut wakers);
         if jobs.is_empty() {
             return Ok(());
         }
         self.registry.metrics.catchup_reads.inc();
         let (topic, partition) = (key.0.clone(), key.1);
-        let from = self.start_position(key, &mut jobs, &mut wakers)?;
+        let from = self.start_position(key, jobs, &mut wakers)?;
         let registry = self.registry.clone();
         let event_header = self.event_header.clone();
         self.consumer()?;
@@ -184,7 +217,7 @@ impl Reader {
         let consumer = self.consumer.as_ref().ok_or(KafkaError::Canceled)?;
         assign(consumer, &topic, partition, from)?;
         let mut deferred = Vec::new();
-        let result = loop {
+        let result = 'pass: loop {
             if jobs.is_empty() || stopping.load(Ordering::Acquire) {
                 break Ok(());
             }
@@ -202,13 +235,16 @@ impl Reader {
                     Ok(m) => {
                         bytes += m.payload_len();
                         let record = Record::from_message(topic.clone(), &m, &event_header);
-                        deliver(&registry, &mut jobs, &mut deferred, &record, &mut wakers);
+                        deliver(&registry, jobs, &mut deferred, &record, &mut wakers);
                     }
                     Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)) => {
                         // Retention overtook us mid-replay: say so, jump to the log start.
-                        let (low, _) =
-                            consumer.fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT)?;
-                        for job in &jobs {
+                        let low =
+                            match consumer.fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT) {
+                                Ok((low, _)) => low,
+                                Err(e) => break 'pass Err(e),
+                            };
+                        for job in jobs.iter() {
                             let p = job.sub.position(job.slot);
                             if p < low {
                                 registry.metrics.gaps.inc();
@@ -216,7 +252,9 @@ impl Reader {
                             }
                         }
                         unassign(consumer, &topic, partition);
-                        assign(consumer, &topic, partition, low)?;
+                        if let Err(e) = assign(consumer, &topic, partition, low) {
+                            break 'pass Err(e);
+                        }
                         break;
                     }
                     Err(e) => {
@@ -226,23 +264,14 @@ impl Reader {
                 }
             }
             wakers.wake_all();
-            hand_over(&registry, &mut jobs, &mut wakers);
+            hand_over(&registry, jobs, &mut wakers);
         };
         if let Some(consumer) = self.consumer.as_ref() {
             unassign(consumer, &topic, partition);
         }
-        // Clients that were not keeping up go back on the board for another pass.
-        if !deferred.is_empty() {
-            self.shared
-                .board
-                .lock()
-                .pending
-                .entry(key.clone())
-                .or_default()
-                .extend(deferred);
-            // Give those clients a moment to drain before the next pass.
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wakers.wake_all();
+        // Clients that were not keeping up get another pass.
+        jobs.extend(deferred);
         result
     }
 

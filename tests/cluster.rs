@@ -203,7 +203,10 @@ async fn chaos_kills_and_broker_faults_lose_nothing() {
 
     // Faults while records flow: node SIGKILLs and restarts, partition
     // leaders moving between brokers, and brokers failing requests and
-    // dropping connections (fetch, produce, metadata).
+    // dropping connections (fetch, list-offsets, metadata). Produce errors
+    // are not injected: the mock then writes some batches twice, a fault of
+    // the mock broker, not of herald.
+    let nodes_addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let chaos = {
         let (stop, kafka) = (stop.clone(), kafka.clone());
@@ -221,10 +224,14 @@ async fn chaos_kills_and_broker_faults_lose_nothing() {
                     kafka.move_leader("chaos", p, leader);
                     moves += 1;
                 }
-                // Fetch/ListOffsets error injection stalls delivery (under
-                // investigation) and Produce errors duplicate records in Kafka
-                // itself; until the first is understood, only metadata
-                // connections are dropped here.
+                let errors = vec![
+                    E::RD_KAFKA_RESP_ERR__TRANSPORT,
+                    E::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+                    E::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
+                    E::RD_KAFKA_RESP_ERR__TRANSPORT,
+                ];
+                kafka.fail_requests(RDKafkaApiKey::Fetch, errors.clone());
+                kafka.fail_requests(RDKafkaApiKey::ListOffsets, errors);
                 kafka.fail_requests(
                     RDKafkaApiKey::Metadata,
                     vec![
@@ -250,6 +257,7 @@ async fn chaos_kills_and_broker_faults_lose_nothing() {
             .expect("producer")
     };
     let started = Instant::now();
+    let addrs: Vec<_> = nodes_addrs.clone();
     let progress = {
         let done = done.clone();
         tokio::spawn(async move {
@@ -260,6 +268,13 @@ async fn chaos_kills_and_broker_faults_lose_nothing() {
                     started.elapsed(),
                     done.load(Ordering::Acquire)
                 );
+                // A stall shows up here with each node's partitions.
+                if started.elapsed() > Duration::from_secs(90) {
+                    for a in &addrs {
+                        let (_, body) = request(*a, "GET", "/v1/stats", b"").await;
+                        eprintln!("STATS {a}: {body}");
+                    }
+                }
             }
         })
     };

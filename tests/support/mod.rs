@@ -733,7 +733,11 @@ impl NodeProcess {
     async fn spawn(&mut self) {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(&self.args)
-            .env("HERALD_LOG", "error")
+            // HERALD_TEST_NODE_LOG=warn shows what node processes log.
+            .env(
+                "HERALD_LOG",
+                std::env::var("HERALD_TEST_NODE_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .kill_on_drop(true)
             .spawn()
             .expect("herald starts");
