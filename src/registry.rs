@@ -539,9 +539,13 @@ impl Registry {
     /// does not rescan the partition. Each slot's partition is locked (in
     /// slot order, the only place that holds several) so that the id agrees
     /// with what the fan-out has queued. Returns how many were sent.
-    pub fn advance_idle_cursors(&self, wakers: &mut Wakers) -> usize {
+    pub fn advance_idle_cursors(
+        &self,
+        connections: &[Arc<Connection>],
+        wakers: &mut Wakers,
+    ) -> usize {
         let mut sent = 0;
-        for connection in self.connections() {
+        for connection in connections {
             let Some(sub) = connection.subscriber() else {
                 continue;
             };

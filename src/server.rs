@@ -347,30 +347,62 @@ async fn watch_kafka(ctx: Arc<NodeContext>) {
 }
 
 async fn heartbeats(ctx: Arc<NodeContext>) {
-    let beat = Bytes::from_static(sse::HEARTBEAT);
-    let mut tick = tokio::time::interval(ctx.config.heartbeat);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let mut wakers = Wakers::default();
-        for connection in ctx.registry.connections() {
+    let period = ctx.config.heartbeat;
+    sweep(ctx, period, |_, connections, wakers| {
+        let beat = Bytes::from_static(sse::HEARTBEAT);
+        for connection in connections {
             if connection.queue.queued_bytes() == 0 {
-                connection.queue.push(&[&beat], None, &mut wakers);
+                connection.queue.push(&[&beat], None, wakers);
             }
         }
-    }
+    })
+    .await
 }
 
 async fn idle_cursors(ctx: Arc<NodeContext>) {
-    let mut tick = tokio::time::interval(ctx.config.idle_id_interval);
-    tick.tick().await;
+    let period = ctx.config.idle_id_interval;
+    sweep(ctx, period, |registry, connections, wakers| {
+        registry.advance_idle_cursors(connections, wakers);
+    })
+    .await
+}
+
+/// How often a sweep visits its next slice of connections.
+const SWEEP_STEP: Duration = Duration::from_millis(50);
+
+/// Visits every connection once per `period`, one slice (by connection id)
+/// every [`SWEEP_STEP`], so that no instant carries all of them: 15,000
+/// streams visited at once means 15,000 writes in one burst, and live
+/// records waiting behind them. Connections opened during a round are
+/// visited from the next one.
+async fn sweep<F>(ctx: Arc<NodeContext>, period: Duration, visit: F)
+where
+    F: Fn(&Registry, &[Arc<Connection>], &mut Wakers) + Send + Sync + 'static,
+{
+    let slices = (period.as_millis() / SWEEP_STEP.as_millis()).clamp(1, 10_000) as usize;
+    let step = period / slices as u32;
+    let visit = Arc::new(visit);
+    let mut tick = tokio::time::interval(step);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round: Vec<Vec<Arc<Connection>>> = Vec::new();
     loop {
+        if round.is_empty() {
+            round = vec![Vec::new(); slices];
+            for connection in ctx.registry.connections() {
+                round[(connection.id % slices as u64) as usize].push(connection);
+            }
+            round.reverse(); // popped from the back: slice 0 first
+        }
         tick.tick().await;
-        let registry = ctx.registry.clone();
-        // Takes partition locks one connection at a time: keep it off the workers' hot path.
+        let Some(batch) = round.pop() else { continue };
+        if batch.is_empty() {
+            continue;
+        }
+        let (registry, visit) = (ctx.registry.clone(), visit.clone());
+        // Takes queue (and partition) locks: keep it off the workers' hot path.
         let _ = tokio::task::spawn_blocking(move || {
             let mut wakers = Wakers::default();
-            registry.advance_idle_cursors(&mut wakers)
+            visit(&registry, &batch, &mut wakers);
         })
         .await;
     }
