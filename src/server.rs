@@ -48,7 +48,7 @@ use crate::metrics::Metrics;
 use crate::queue::{End, Wakers};
 use crate::registry::{Connection, Registry, ReplayBufferLimits};
 use crate::subscribe::{self, SelectorLimits};
-use crate::{publish, sse};
+use crate::{h1, publish, sse};
 
 const PAGE: &str = include_str!("page/index.html");
 const LISTEN_BACKLOG: u32 = 4096;
@@ -306,7 +306,9 @@ async fn serve(ctx: Arc<NodeContext>, listener: tokio::net::TcpListener) {
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let streams = tokio_util::task::TaskTracker::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -320,19 +322,51 @@ async fn serve(ctx: Arc<NodeContext>, listener: tokio::net::TcpListener) {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let ctx = ctx.clone();
-                let service = service_fn(move |req| handle(ctx.clone(), peer, req));
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let watched = graceful.watch(connection);
-                tokio::spawn(async move {
-                    let _ = watched.await;
-                });
+                streams.spawn(connection(ctx.clone(), stream, peer, builder.clone(), graceful.watcher()));
             }
             _ = ctx.stop_accepting.cancelled() => break,
         }
     }
     drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    streams.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        graceful.shutdown().await;
+        streams.wait().await;
+    })
+    .await;
+}
+
+/// One accepted connection: event streams over HTTP/1.x are served by
+/// [`h1`], everything else by hyper (HTTP/1.1 and HTTP/2).
+async fn connection(
+    ctx: Arc<NodeContext>,
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let max_head = ctx.config.max_header_bytes.max(8192);
+    let head = h1::read_head(
+        &mut stream,
+        max_head,
+        ctx.config.max_url_bytes,
+        ctx.config.header_read_timeout,
+    )
+    .await;
+    match head {
+        h1::Head::Gone => {}
+        h1::Head::Events(parts) => {
+            drop(watcher);
+            h1_events(ctx, stream, peer, parts).await
+        }
+        h1::Head::Other(read) => {
+            let service = service_fn(move |req| handle(ctx.clone(), peer, req));
+            let io = TokioIo::new(h1::Rewind::new(stream, read));
+            let _ = watcher
+                .watch(builder.serve_connection(io, service).into_owned())
+                .await;
+        }
+    }
 }
 
 async fn watch_kafka(ctx: Arc<NodeContext>) {
@@ -460,7 +494,12 @@ async fn handle(
         (Method::OPTIONS, _) if req.headers().contains_key(header::ORIGIN) => {
             return Ok(preflight(&ctx, req.headers()));
         }
-        (Method::GET, "/v1/events") => events(&ctx, peer, &req).await,
+        (Method::GET, "/v1/events") => match events(&ctx, peer, req.uri(), req.headers()).await {
+            Ok(body) => sse_headers(StatusCode::OK)
+                .body(body.boxed())
+                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed())),
+            Err(response) => response,
+        },
         (Method::POST, p) if p.starts_with("/v1/topics/") => {
             let topic = percent_decode(&p["/v1/topics/".len()..]);
             let query = req.uri().query().map(str::to_owned);
@@ -557,64 +596,75 @@ fn percent_decode(text: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Opens an event stream, or says why not: the response to send instead.
 async fn events(
     ctx: &Arc<NodeContext>,
     peer: SocketAddr,
-    req: &Request<Incoming>,
-) -> Response<HttpBody> {
-    let header_id = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok());
-    let request =
-        match subscribe::parse_request(req.uri().query(), header_id, ctx.selector_limits()) {
-            Ok(r) => r,
-            Err(e) => return error_response(ctx, &e),
-        };
-    let grant = match ctx.auth.grant(req.headers(), req.uri().query()) {
-        Ok(g) => g,
-        Err(e) => return error_response(ctx, &e),
-    };
-    if let Err(e) = authorize_subscribe(ctx, grant.as_ref(), &request) {
-        return error_response(ctx, &e);
-    }
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+) -> Result<SseBody, Response<HttpBody>> {
+    let header_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let request = subscribe::parse_request(uri.query(), header_id, ctx.selector_limits())
+        .map_err(|e| error_response(ctx, &e))?;
+    let grant = ctx
+        .auth
+        .grant(headers, uri.query())
+        .map_err(|e| error_response(ctx, &e))?;
+    authorize_subscribe(ctx, grant.as_ref(), &request).map_err(|e| error_response(ctx, &e))?;
     if ctx.draining.load(Ordering::Acquire) {
-        return come_back_later(ctx, "draining");
+        return Err(come_back_later(ctx, "draining"));
     }
-    let address = ctx.admission.client_address(peer.ip(), req.headers());
+    let address = ctx.admission.client_address(peer.ip(), headers);
     let ticket = match ctx.admission.admit(address) {
         Ok(t) => t,
-        Err(Refusal::Full) => return come_back_later(ctx, "node full"),
-        Err(Refusal::Flooded) => return come_back_later(ctx, "too many new streams"),
+        Err(Refusal::Full) => return Err(come_back_later(ctx, "node full")),
+        Err(Refusal::Flooded) => return Err(come_back_later(ctx, "too many new streams")),
         Err(Refusal::TooManyFromAddress) => {
-            return error_response(
+            return Err(error_response(
                 ctx,
                 &ApiError::TooManyRequests(format!(
                     "{address} holds {} streams already",
                     ctx.config.max_connections_per_ip
                 )),
-            )
+            ))
         }
     };
     let deadline = stream_deadline(ctx, grant.as_ref());
     match subscribe::open(ctx, request, peer).await {
-        Ok(sub) => sse_headers(StatusCode::OK)
-            .body(
-                SseBody {
-                    connection: sub.connection.clone(),
-                    registry: ctx.registry.clone(),
-                    deadline: deadline.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
-                    deadline_reason: deadline.map_or("", |(_, why)| why),
-                    _ticket: ticket,
-                }
-                .boxed(),
-            )
-            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed())),
+        Ok(sub) => Ok(SseBody {
+            connection: sub.connection.clone(),
+            registry: ctx.registry.clone(),
+            deadline: deadline.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
+            deadline_reason: deadline.map_or("", |(_, why)| why),
+            _ticket: ticket,
+        }),
         Err(ApiError::Kafka(e)) => {
             tracing::warn!(error = %e, "subscribe failed on Kafka; asking the client to retry");
-            come_back_later(ctx, "kafka unavailable")
+            Err(come_back_later(ctx, "kafka unavailable"))
         }
-        Err(e) => error_response(ctx, &e),
+        Err(e) => Err(error_response(ctx, &e)),
+    }
+}
+
+/// An event-stream request read by [`h1::read_head`], served without hyper.
+async fn h1_events(
+    ctx: Arc<NodeContext>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    parts: http::request::Parts,
+) {
+    let version = parts.version;
+    let cors = ctx.cors.headers(&parts.headers).unwrap_or_default();
+    let opened = events(&ctx, peer, &parts.uri, &parts.headers).await;
+    drop(parts);
+    match opened {
+        Ok(body) => h1::serve_stream(stream, version, cors, body).await,
+        Err(mut response) => {
+            for (name, value) in cors {
+                response.headers_mut().insert(name, value);
+            }
+            h1::serve_reply(stream, version, response).await
+        }
     }
 }
 

@@ -1,0 +1,315 @@
+//! Event streams over HTTP/1.x without hyper's per-connection machinery.
+//!
+//! hyper keeps, for every connection and for as long as it lives, an 8 KiB
+//! read buffer, a 4 KiB write buffer and a connection future of about 3 KiB:
+//! heaptrack on 10,000 idle streams put 16.7 KiB of heap per connection, 80 %
+//! of it hyper's. An event stream reads one request head and from then on
+//! only writes. So the accept loop reads the head itself, into a buffer that
+//! is freed once parsed: a `GET /v1/events` over HTTP/1.x is served here,
+//! each drain of the connection's queue written as one chunk, with nothing
+//! kept per connection but the socket and the stream's own state.
+//!
+//! Everything else (other paths and methods, HTTP/2, upgrades, a head this
+//! parser will not take) goes to hyper with the bytes already read replayed
+//! first ([`Rewind`]), so hyper's answers and limits (431, 414, 400) stay
+//! the single source of truth for them.
+//!
+//! A stream that ends (drain, expiry, a slow reader cut off) closes its
+//! connection: the client's reconnect then goes through the load balancer
+//! again instead of back to this node on a kept-alive connection.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Method, Request, Version};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::server::SseBody;
+
+/// First read buffer for a request head; grows (doubling) to the limit.
+const FIRST_READ: usize = 1024;
+/// Most headers a head may have on this path (hyper takes the rest).
+const MAX_HEADERS: usize = 64;
+
+/// What the first bytes of a connection turned out to be.
+pub enum Head {
+    /// An event-stream request, parsed: serve it here.
+    Events(http::request::Parts),
+    /// Anything else: hand the connection to hyper, replaying these bytes.
+    Other(Bytes),
+    /// Closed, failed or timed out before a whole head arrived.
+    Gone,
+}
+
+/// Reads one request head within `timeout`, in at most `max_head` bytes.
+pub async fn read_head(
+    stream: &mut TcpStream,
+    max_head: usize,
+    max_target: usize,
+    timeout: Duration,
+) -> Head {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = BytesMut::with_capacity(FIRST_READ.min(max_head));
+    loop {
+        if buf.len() >= max_head {
+            return Head::Other(buf.freeze()); // hyper answers 431
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.len().min(max_head - buf.len()));
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Head::Gone,
+            Ok(Ok(_)) => {}
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buf) {
+            Ok(httparse::Status::Partial) => continue,
+            Ok(httparse::Status::Complete(len)) => {
+                // Bytes after the head (a body, a pipelined request) are
+                // hyper's business; so is anything not a plain stream request.
+                let parts = (len == buf.len())
+                    .then(|| event_request(&request, max_target))
+                    .flatten();
+                return match parts {
+                    Some(parts) => Head::Events(parts),
+                    None => Head::Other(buf.freeze()),
+                };
+            }
+            Err(_) => return Head::Other(buf.freeze()), // HTTP/2 preface, or hyper's 400
+        }
+    }
+}
+
+/// The request as `http` parts if it is an event-stream request this path
+/// serves: `GET /v1/events` over HTTP/1.x, no upgrade, a target within
+/// the limit (hyper answers 414 otherwise).
+fn event_request(request: &httparse::Request, max_target: usize) -> Option<http::request::Parts> {
+    let target = request.path?;
+    let path = target.split('?').next().unwrap_or_default();
+    if request.method != Some("GET") || path != "/v1/events" || target.len() > max_target {
+        return None;
+    }
+    let version = match request.version? {
+        0 => Version::HTTP_10,
+        1 => Version::HTTP_11,
+        _ => return None,
+    };
+    let mut builder = Request::builder()
+        .method(Method::GET)
+        .uri(target)
+        .version(version);
+    for h in request.headers.iter() {
+        if h.name.eq_ignore_ascii_case("upgrade") {
+            return None;
+        }
+        builder = builder.header(h.name, h.value);
+    }
+    builder.body(()).ok().map(|r| r.into_parts().0)
+}
+
+/// Writes a stream's response head, then its body as the queue drains,
+/// until the stream ends or the client goes away.
+pub async fn serve_stream(
+    mut stream: TcpStream,
+    version: Version,
+    extra_headers: Vec<(&'static str, HeaderValue)>,
+    mut body: SseBody,
+) {
+    let chunked = version == Version::HTTP_11;
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(if chunked {
+        b"HTTP/1.1 200 OK\r\n" as &[u8]
+    } else {
+        b"HTTP/1.0 200 OK\r\n"
+    });
+    head.extend_from_slice(
+        b"content-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n",
+    );
+    push_headers(&mut head, extra_headers.iter().map(|(n, v)| (*n, v)));
+    head.extend_from_slice(if chunked {
+        b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n" as &[u8]
+    } else {
+        b"connection: close\r\n\r\n"
+    });
+    drop(extra_headers);
+    if stream.write_all(&head).await.is_err() {
+        return;
+    }
+    drop(head);
+    let (mut reader, mut writer) = stream.split();
+    let mut scratch = [0u8; 64];
+    loop {
+        tokio::select! {
+            frame = body.frame() => {
+                let Some(Ok(frame)) = frame else {
+                    if chunked {
+                        let _ = writer.write_all(b"0\r\n\r\n").await;
+                    }
+                    break;
+                };
+                let Ok(data) = frame.into_data() else { continue };
+                if write_chunk(&mut writer, &data, chunked).await.is_err() {
+                    break;
+                }
+            }
+            // The client never speaks again on an event stream: this only
+            // notices it leaving (or sending what this path ignores).
+            read = reader.read(&mut scratch) => {
+                if matches!(read, Ok(0) | Err(_)) {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Writes a complete (non-stream) response and closes: errors and
+/// "come back later" answers to event-stream requests.
+pub async fn serve_reply(
+    mut stream: TcpStream,
+    version: Version,
+    response: http::Response<impl http_body::Body<Data = Bytes>>,
+) {
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(256 + body.len());
+    let proto = if version == Version::HTTP_10 {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
+    };
+    out.extend_from_slice(
+        format!(
+            "{proto} {} {}\r\n",
+            parts.status.as_u16(),
+            parts.status.canonical_reason().unwrap_or("")
+        )
+        .as_bytes(),
+    );
+    push_headers(&mut out, header_pairs(&parts.headers));
+    out.extend_from_slice(
+        format!(
+            "content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&body);
+    if stream.write_all(&out).await.is_ok() {
+        let _ = stream.shutdown().await;
+    }
+}
+
+fn header_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &HeaderValue)> {
+    headers.iter().map(|(n, v)| (n.as_str(), v))
+}
+
+fn push_headers<'a>(out: &mut Vec<u8>, headers: impl Iterator<Item = (&'a str, &'a HeaderValue)>) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// One body write: a chunk (`size CRLF data CRLF`) in one vectored write.
+async fn write_chunk<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    data: &[u8],
+    chunked: bool,
+) -> io::Result<()> {
+    if !chunked {
+        return w.write_all(data).await;
+    }
+    let size = format!("{:x}\r\n", data.len());
+    let mut slices = [
+        IoSlice::new(size.as_bytes()),
+        IoSlice::new(data),
+        IoSlice::new(b"\r\n"),
+    ];
+    let mut left: &mut [IoSlice<'_>] = &mut slices;
+    while !left.is_empty() {
+        let n = w.write_vectored(left).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut left, n);
+    }
+    Ok(())
+}
+
+/// A connection whose first bytes were already read: reads give those back
+/// first. Writes go straight to the socket.
+pub struct Rewind {
+    pre: Option<Bytes>,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    pub fn new(inner: TcpStream, pre: Bytes) -> Rewind {
+        Rewind {
+            pre: (!pre.is_empty()).then_some(pre),
+            inner,
+        }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(mut pre) = self.pre.take() {
+            let n = pre.len().min(buf.remaining());
+            buf.put_slice(&pre.split_to(n));
+            if !pre.is_empty() {
+                self.pre = Some(pre);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
