@@ -47,7 +47,14 @@ pub fn consumer_config(config: &Config, bootstrap: &str, role: &str) -> ClientCo
     .set("auto.offset.reset", "error")
     .set("allow.auto.create.topics", "false")
     .set("enable.partition.eof", "false")
-    .set("fetch.wait.max.ms", "10")
+    // How long a broker may hold a fetch that found nothing. Kafka answers as
+    // soon as a record arrives, so this costs no latency there; the embedded
+    // mock cluster never answers early, so there it is the latency floor
+    // (p50 at 1,000 rec/s: 6 ms at 10, 3.3 ms at 5; herald-bench light).
+    .set(
+        "fetch.wait.max.ms",
+        if config.brokers.is_none() { "5" } else { "10" },
+    )
     .set("fetch.queue.backoff.ms", "5")
     .set("fetch.error.backoff.ms", "100")
     .set("reconnect.backoff.max.ms", "2000");
