@@ -501,7 +501,7 @@ impl Registry {
             Some(k) if !inner.keyed.is_empty() => inner.keyed.get(k).map(|v| v.as_slice()),
             _ => None,
         };
-        batch.ids.clear();
+        batch.events.clear();
         let mut delivered = 0u64;
         for member in inner.whole.iter().chain(keyed.unwrap_or_default()) {
             let sub = &member.sub;
@@ -511,14 +511,16 @@ impl Registry {
             }
             let body = record.body(sub.shape.format);
             let pushed = if sub.aligned.load(Ordering::Acquire) || sub.refresh_aligned() {
+                // The whole event (id line and body) is built once per shape:
+                // every connection of the shape queues the same buffer, one
+                // reference-count increment each.
                 let shape_ptr = Arc::as_ptr(&sub.shape) as usize;
-                let id = batch
-                    .ids
-                    .entry(shape_ptr)
-                    .or_insert_with(|| sse::id_line(&sub.shape.live_cursor_with(log, next)));
+                let event = batch.events.entry(shape_ptr).or_insert_with(|| {
+                    sse::event_with_id(&sub.shape.live_cursor_with(log, next), body)
+                });
                 sub.connection
                     .queue
-                    .push(&[id, body], record.timestamp, &mut batch.wakers)
+                    .push(&[event], record.timestamp, &mut batch.wakers)
             } else {
                 let mut queue = sub.connection.queue.lock();
                 state.position.store(next, Ordering::Release);
@@ -723,7 +725,8 @@ impl Registry {
 /// Scratch space reused across the records of one ingest batch.
 #[derive(Default)]
 pub struct FanoutBatch {
-    ids: HashMap<usize, Bytes>,
+    /// The event for each subscription shape, for the record being fanned out.
+    events: HashMap<usize, Bytes>,
     pub wakers: Wakers,
 }
 

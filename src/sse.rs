@@ -76,6 +76,17 @@ pub fn id_line(cursor: &str) -> Bytes {
     out.freeze()
 }
 
+/// A whole event: the `id:` line for `cursor`, then `body` (from `id:` on,
+/// the rest of the event). One buffer, so a connection queues one `Bytes`.
+pub fn event_with_id(cursor: &str, body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(cursor.len() + 5 + body.len());
+    out.put_slice(b"id: ");
+    out.put_slice(cursor.as_bytes());
+    out.put_u8(b'\n');
+    out.put_slice(body);
+    out.freeze()
+}
+
 /// The stream preamble: reconnection delay for the browser.
 pub fn retry(ms: u64) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))
