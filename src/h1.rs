@@ -173,7 +173,7 @@ pub async fn serve_stream(
 /// Writes a complete (non-stream) response and closes: errors and
 /// "come back later" answers to event-stream requests.
 pub async fn serve_reply(
-    mut stream: TcpStream,
+    stream: &mut TcpStream,
     version: Version,
     response: http::Response<impl http_body::Body<Data = Bytes>>,
 ) {

@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -346,25 +346,34 @@ async fn connection(
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let max_head = ctx.config.max_header_bytes.max(8192);
-    let head = h1::read_head(
+    // Boxed, as are the other phases before a stream starts: a task is
+    // sized by its largest phase, and a stream's task lives for hours.
+    let head = Box::pin(h1::read_head(
         &mut stream,
         max_head,
         ctx.config.max_url_bytes,
         ctx.config.header_read_timeout,
-    )
+    ))
     .await;
     match head {
         h1::Head::Gone => {}
         h1::Head::Events(parts) => {
             drop(watcher);
-            h1_events(ctx, stream, peer, parts).await
+            // Boxed: opening (auth, Kafka look-ups) needs a large future,
+            // but only until the stream starts.
+            let opened = Box::pin(h1_open(&ctx, &mut stream, peer, parts)).await;
+            drop(ctx);
+            if let Some((version, cors, body)) = opened {
+                h1::serve_stream(stream, version, cors, body).await;
+            }
         }
         h1::Head::Other(read) => {
             let service = service_fn(move |req| handle(ctx.clone(), peer, req));
             let io = TokioIo::new(h1::Rewind::new(stream, read));
-            let _ = watcher
-                .watch(builder.serve_connection(io, service).into_owned())
-                .await;
+            // Boxed: hyper's connection future is about 2 KiB, and unboxed
+            // it would size every connection's task, streams' included.
+            let _ =
+                Box::pin(watcher.watch(builder.serve_connection(io, service).into_owned())).await;
         }
     }
 }
@@ -646,24 +655,24 @@ async fn events(
     }
 }
 
-/// An event-stream request read by [`h1::read_head`], served without hyper.
-async fn h1_events(
-    ctx: Arc<NodeContext>,
-    stream: tokio::net::TcpStream,
+/// Opens the stream of an event-stream request read by [`h1::read_head`],
+/// or writes the reply that refuses it (and returns `None`).
+async fn h1_open(
+    ctx: &Arc<NodeContext>,
+    stream: &mut tokio::net::TcpStream,
     peer: SocketAddr,
     parts: http::request::Parts,
-) {
+) -> Option<(Version, Vec<(&'static str, http::HeaderValue)>, SseBody)> {
     let version = parts.version;
     let cors = ctx.cors.headers(&parts.headers).unwrap_or_default();
-    let opened = events(&ctx, peer, &parts.uri, &parts.headers).await;
-    drop(parts);
-    match opened {
-        Ok(body) => h1::serve_stream(stream, version, cors, body).await,
+    match events(ctx, peer, &parts.uri, &parts.headers).await {
+        Ok(body) => Some((version, cors, body)),
         Err(mut response) => {
             for (name, value) in cors {
                 response.headers_mut().insert(name, value);
             }
-            h1::serve_reply(stream, version, response).await
+            h1::serve_reply(stream, version, response).await;
+            None
         }
     }
 }
