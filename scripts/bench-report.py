@@ -717,6 +717,17 @@ def report(results, directory, seconds, nruns, charts_dir, md_path):
           f"({human(total)} deliveries checked).")
     w("")
 
+    # ---------------------------------------------------------- profiles
+    profiles = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "profiles.md")
+    try:
+        with open(profiles) as f:
+            w("## Where the time and memory go")
+            w("")
+            w(f.read().rstrip("\n"))
+            w("")
+    except OSError:
+        pass
+
     # ---------------------------------------------------------- method
     w("## How it was measured")
     w("")
