@@ -560,24 +560,32 @@ impl Registry {
             if !keyed || connection.queue.queued_bytes() > 0 {
                 continue;
             }
-            let _held: Vec<_> = sub.shape.slots.iter().map(|s| s.log.inner.lock()).collect();
-            let mut queue = connection.queue.lock();
-            let cursor = if sub.aligned.load(Ordering::Acquire) {
-                sub.shape.live_cursor()
-            } else {
-                sub.own_cursor()
-            };
-            let hash = u64::from(murmur2::murmur2(cursor.as_bytes(), 1)) | 1 << 32;
-            if sub.last_idle_id.swap(hash, Ordering::AcqRel) == hash {
-                continue;
-            }
-            let id = sse::id_line(&cursor);
-            let end = Bytes::from_static(sse::ID_ONLY_BODY);
-            if queue.push(&[&id, &end], None, wakers) == Pushed::Queued {
+            if self.send_cursor(sub, wakers) {
                 sent += 1;
             }
         }
         sent
+    }
+
+    /// Queues an id-only event carrying `sub`'s cursor, unless that cursor
+    /// was the last one sent this way. Sent when a stream opens, too: a
+    /// client that loses its connection before its first record then still
+    /// resumes from where it started, not from "now".
+    pub fn send_cursor(&self, sub: &Subscriber, wakers: &mut Wakers) -> bool {
+        let _held: Vec<_> = sub.shape.slots.iter().map(|s| s.log.inner.lock()).collect();
+        let mut queue = sub.connection.queue.lock();
+        let cursor = if sub.aligned.load(Ordering::Acquire) {
+            sub.shape.live_cursor()
+        } else {
+            sub.own_cursor()
+        };
+        let hash = u64::from(murmur2::murmur2(cursor.as_bytes(), 1)) | 1 << 32;
+        if sub.last_idle_id.swap(hash, Ordering::AcqRel) == hash {
+            return false;
+        }
+        let id = sse::id_line(&cursor);
+        let end = Bytes::from_static(sse::ID_ONLY_BODY);
+        queue.push(&[&id, &end], None, wakers) == Pushed::Queued
     }
 
     /// Moves a live partition forward to `low` after Kafka said its position

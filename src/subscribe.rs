@@ -362,6 +362,9 @@ pub async fn open(
             }
         }
     }
+    // The start position as an id, before any record: a client cut off
+    // before its first record resumes from here, not from "now".
+    node.registry.send_cursor(&sub, &mut wakers);
     Ok(guard.keep())
 }
 

@@ -18,7 +18,7 @@ async fn follow(
     path: String,
     keys: Vec<String>,
     per_key: u64,
-    done: Arc<AtomicUsize>,
+    progress: Progress,
 ) -> (u64, usize) {
     let mut v = Verifier::default();
     let mut last: Option<String> = None;
@@ -32,7 +32,13 @@ async fn follow(
             v.received
         );
         let mut s = match try_open(proxy, &path, last.as_deref()).await {
-            Ok(s) if s.status == 200 => s,
+            Ok(s) if s.status == 200 => {
+                if last.is_none() && reconnects == 0 {
+                    // Headers received: the live start position is fixed.
+                    progress.opened.fetch_add(1, Ordering::AcqRel);
+                }
+                s
+            }
             _ => {
                 tokio::time::sleep(Duration::from_millis(100)).await; // reconnect backoff, as EventSource's retry
                 continue;
@@ -58,8 +64,15 @@ async fn follow(
     for k in &keys {
         assert_eq!(v.next.get(k).copied(), Some(per_key), "every record of {k}");
     }
-    done.fetch_add(1, Ordering::AcqRel);
+    progress.done.fetch_add(1, Ordering::AcqRel);
     (v.received, reconnects)
+}
+
+/// Clients whose first stream opened, and clients that saw everything.
+#[derive(Clone, Default)]
+struct Progress {
+    opened: Arc<AtomicUsize>,
+    done: Arc<AtomicUsize>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +184,7 @@ async fn chaos_kills_and_broker_faults_lose_nothing() {
     }
     let proxy = Haproxy::start(&nodes.iter().map(|n| n.addr).collect::<Vec<_>>()).await;
     let all_keys = keys(KEYS);
-    let done = Arc::new(AtomicUsize::new(0));
+    let progress = Progress::default();
     let mut clients = tokio::task::JoinSet::new();
     let whole = 10;
     let keyed = 490;
@@ -181,7 +194,7 @@ async fn chaos_kills_and_broker_faults_lose_nothing() {
             events_path(&["chaos"], ""),
             all_keys.clone(),
             per_key,
-            done.clone(),
+            progress.clone(),
         ));
     }
     for i in 0..keyed {
@@ -191,19 +204,21 @@ async fn chaos_kills_and_broker_faults_lose_nothing() {
             events_path(&[&format!("chaos/{k}")], ""),
             vec![k],
             per_key,
-            done.clone(),
+            progress.clone(),
         ));
     }
-    wait_for(
-        "every client connected",
-        Duration::from_secs(60),
-        || async { futures_counts(&nodes).await.iter().sum::<i64>() >= (whole + keyed) as i64 },
-    )
+    // Every stream open (response headers received), not merely connected:
+    // a live stream's start position is fixed before its headers go out.
+    wait_for("every stream open", Duration::from_secs(60), || async {
+        progress.opened.load(Ordering::Acquire) >= whole + keyed
+    })
     .await;
 
     // Faults while records flow: node SIGKILLs and restarts, partition
-    // leaders moving between brokers, and brokers failing requests and
-    // dropping connections (fetch, list-offsets, metadata). Produce errors
+    // leaders moving between brokers, a broker answering late for a second
+    // each round, and brokers failing requests and dropping connections (fetch,
+    // list-offsets, metadata). librdkafka 2.12's mock aborts the process when
+    // a broker it took down comes back up, so "down" here is a stall. Produce errors
     // are not injected: the mock then writes some batches twice, a fault of
     // the mock broker, not of herald.
     let nodes_addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
@@ -212,10 +227,17 @@ async fn chaos_kills_and_broker_faults_lose_nothing() {
         let (stop, kafka) = (stop.clone(), kafka.clone());
         tokio::spawn(async move {
             use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr as E};
-            let (mut kills, mut broker_faults, mut moves) = (0, 0, 0);
+            let (mut kills, mut broker_faults, mut moves, mut stalls) = (0, 0, 0, 0);
             let mut round = 0usize;
             while !stop.load(Ordering::Acquire) {
-                tokio::time::sleep(Duration::from_secs(3)).await; // spacing between faults
+                // One broker answers every request 500 ms late for the first
+                // second of each round, then recovers; the others carry on.
+                let stalled = MockKafka::BROKERS[round % 3];
+                kafka.slow_broker(stalled, Duration::from_millis(500));
+                stalls += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await; // length of the stall
+                kafka.slow_broker(stalled, Duration::ZERO);
+                tokio::time::sleep(Duration::from_secs(2)).await; // spacing between faults
                 let victim = rand::thread_rng().gen_range(0..nodes.len());
                 nodes[victim].kill().await;
                 kills += 1;
@@ -243,7 +265,7 @@ async fn chaos_kills_and_broker_faults_lose_nothing() {
                 nodes[victim].restart().await;
                 round += 1;
             }
-            (nodes, kills, broker_faults, moves)
+            (nodes, kills, broker_faults, moves, stalls)
         })
     };
     let p = {
@@ -258,8 +280,8 @@ async fn chaos_kills_and_broker_faults_lose_nothing() {
     };
     let started = Instant::now();
     let addrs: Vec<_> = nodes_addrs.clone();
-    let progress = {
-        let done = done.clone();
+    let reporter = {
+        let done = progress.done.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await; // progress report only
@@ -289,7 +311,7 @@ async fn chaos_kills_and_broker_faults_lose_nothing() {
     .await;
     eprintln!("chaos: produced in {:?}", started.elapsed());
     stop.store(true, Ordering::Release);
-    let (nodes, kills, outages, moves) = chaos.await.expect("chaos");
+    let (nodes, kills, outages, moves, stalls) = chaos.await.expect("chaos");
     let faults_stopped = Instant::now();
     let mut reconnects = 0;
     let mut delivered = 0;
@@ -299,15 +321,15 @@ async fn chaos_kills_and_broker_faults_lose_nothing() {
         reconnects += n;
     }
     let catch_up = faults_stopped.elapsed();
-    progress.abort();
+    reporter.abort();
     assert!(
         catch_up <= Duration::from_secs(30),
         "caught up {catch_up:?} after the faults stopped"
     );
-    assert_eq!(done.load(Ordering::Acquire), whole + keyed);
+    assert_eq!(progress.done.load(Ordering::Acquire), whole + keyed);
     println!(
         "chaos: {} clients ({whole} whole-topic, {keyed} keyed), {} records over {PARTITIONS} partitions in {:?}; \
-         {kills} node kills, {outages} rounds of broker request failures, {moves} leader moves, {reconnects} reconnects; \
+         {kills} node kills, {stalls} broker stalls (answers 500 ms late for 1 s), {outages} rounds of failed broker requests and dropped connections, {moves} leader moves, {reconnects} reconnects; \
          {delivered} deliveries verified: 0 lost, 0 duplicated, 0 reordered; all caught up {catch_up:?} after the faults stopped",
         whole + keyed,
         KEYS as u64 * per_key,
@@ -329,7 +351,7 @@ async fn a_minute_without_any_broker_keeps_connections_and_loses_nothing() {
     ];
     let proxy = Haproxy::start(&nodes.iter().map(|n| n.addr).collect::<Vec<_>>()).await;
     let ks = keys(8);
-    let done = Arc::new(AtomicUsize::new(0));
+    let progress = Progress::default();
     let mut clients = tokio::task::JoinSet::new();
     for i in 0..40 {
         let (path, keys) = if i % 4 == 0 {
@@ -338,10 +360,11 @@ async fn a_minute_without_any_broker_keeps_connections_and_loses_nothing() {
             let k = ks[i % 8].clone();
             (events_path(&[&format!("outage/{k}")], ""), vec![k])
         };
-        clients.spawn(follow(proxy.addr, path, keys, 200, done.clone()));
+        clients.spawn(follow(proxy.addr, path, keys, 200, progress.clone()));
     }
-    wait_for("clients connected", SECS_10, || async {
-        futures_counts(&nodes).await.iter().sum::<i64>() == 40
+    wait_for("every stream open", SECS_10, || async {
+        progress.opened.load(Ordering::Acquire) == 40
+            && futures_counts(&nodes).await.iter().sum::<i64>() == 40
     })
     .await;
     let p = producer(&tansu.bootstrap);

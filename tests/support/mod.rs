@@ -638,6 +638,7 @@ enum MockCommand {
         Vec<rdkafka::types::RDKafkaRespErr>,
     ),
     Leader(String, i32, i32),
+    RoundTrip(i32, Duration),
 }
 
 impl MockKafka {
@@ -661,6 +662,7 @@ impl MockKafka {
                         Ok(())
                     }
                     MockCommand::Leader(t, p, b) => cluster.partition_leader(&t, p, Some(b)),
+                    MockCommand::RoundTrip(b, d) => cluster.broker_round_trip_time(b, d),
                 };
                 if let Err(e) = result {
                     eprintln!("mock cluster command failed: {e}");
@@ -691,6 +693,12 @@ impl MockKafka {
         errors: Vec<rdkafka::types::RDKafkaRespErr>,
     ) {
         let _ = self.commands.send(MockCommand::RequestErrors(api, errors));
+    }
+
+    /// Delays every answer of `broker` by `delay` (zero: back to normal). A
+    /// long delay makes a broker as good as down without closing its port.
+    pub fn slow_broker(&self, broker: i32, delay: Duration) {
+        let _ = self.commands.send(MockCommand::RoundTrip(broker, delay));
     }
 
     pub fn move_leader(&self, topic: &str, partition: i32, broker: i32) {
