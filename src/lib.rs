@@ -30,7 +30,7 @@
 //!    [`server`]) writes all that is queued in one write. A client that falls
 //!    behind the bound is cut off and resumes from Kafka with its cursor.
 //!    Streams over HTTP/1.x are served by [`h1`], which reads the request
-//!    head itself and keeps no buffers per connection (about 3.4 KiB per
+//!    head itself and keeps no buffers per connection (about 2.5 KiB per
 //!    idle stream, against 21 KiB through hyper); everything else, HTTP/2
 //!    included, goes to hyper.
 //! 5. A resuming client ([`cursor`]) is replayed from the partition's
