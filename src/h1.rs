@@ -24,12 +24,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Method, Request, Version};
+use http::{HeaderValue, Method, Request, Version};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::server::SseBody;
+use crate::sse;
 
 /// First read buffer for a request head; grows (doubling) to the limit.
 const FIRST_READ: usize = 1024;
@@ -128,10 +129,12 @@ pub async fn serve_stream(
     } else {
         b"HTTP/1.0 200 OK\r\n"
     });
-    head.extend_from_slice(
-        b"content-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n",
-    );
-    push_headers(&mut head, extra_headers.iter().map(|(n, v)| (*n, v)));
+    for (name, value) in sse::STREAM_HEADERS {
+        push_header(&mut head, name, value.as_bytes());
+    }
+    for (name, value) in &extra_headers {
+        push_header(&mut head, name, value.as_bytes());
+    }
     head.extend_from_slice(if chunked {
         b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n" as &[u8]
     } else {
@@ -197,7 +200,9 @@ pub async fn serve_reply(
         )
         .as_bytes(),
     );
-    push_headers(&mut out, header_pairs(&parts.headers));
+    for (name, value) in &parts.headers {
+        push_header(&mut out, name.as_str(), value.as_bytes());
+    }
     out.extend_from_slice(
         format!(
             "content-length: {}\r\nconnection: close\r\n\r\n",
@@ -211,17 +216,11 @@ pub async fn serve_reply(
     }
 }
 
-fn header_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &HeaderValue)> {
-    headers.iter().map(|(n, v)| (n.as_str(), v))
-}
-
-fn push_headers<'a>(out: &mut Vec<u8>, headers: impl Iterator<Item = (&'a str, &'a HeaderValue)>) {
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// One body write: a chunk (`size CRLF data CRLF`) in one vectored write.
@@ -233,9 +232,13 @@ async fn write_chunk<W: AsyncWrite + Unpin>(
     if !chunked {
         return w.write_all(data).await;
     }
-    let size = format!("{:x}\r\n", data.len());
+    // The size line on the stack: no allocation per write.
+    let mut line = [0u8; 20];
+    let mut rest = &mut line[..];
+    io::Write::write_fmt(&mut rest, format_args!("{:x}\r\n", data.len()))?;
+    let used = 20 - rest.len();
     let mut slices = [
-        IoSlice::new(size.as_bytes()),
+        IoSlice::new(&line[..used]),
         IoSlice::new(data),
         IoSlice::new(b"\r\n"),
     ];

@@ -466,11 +466,11 @@ fn error_response(ctx: &NodeContext, e: &ApiError) -> Response<HttpBody> {
 }
 
 fn sse_headers(status: StatusCode) -> http::response::Builder {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .header("x-accel-buffering", "no")
+    sse::STREAM_HEADERS
+        .iter()
+        .fold(Response::builder().status(status), |b, (name, value)| {
+            b.header(*name, *value)
+        })
 }
 
 /// 200, `retry:` and the end: how an SSE endpoint says "not now, come back

@@ -76,6 +76,14 @@ pub fn id_line(cursor: &str) -> Bytes {
     out.freeze()
 }
 
+/// Response headers of every event stream, whichever path serves it.
+pub const STREAM_HEADERS: [(&str, &str); 3] = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    // Tells nginx-style proxies not to buffer the stream.
+    ("x-accel-buffering", "no"),
+];
+
 /// A whole event: the `id:` line for `cursor`, then `body` (from `id:` on,
 /// the rest of the event). One buffer, so a connection queues one `Bytes`.
 pub fn event_with_id(cursor: &str, body: &[u8]) -> Bytes {
