@@ -120,6 +120,13 @@ def check(name, docs):
             err(f"{probe} must GET {path}, not {get.get('path')}")
         if get.get("port") not in ports and get.get("port") not in ports.values():
             err(f"{probe} port {get.get('port')!r} is not a container port")
+    scrape = pod["metadata"].get("annotations", {}).get("prometheus.io/port")
+    if scrape and int(scrape) not in ports.values():
+        err(f"prometheus.io/port {scrape} is not a container port")
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    ops = env.get("HERALD_OPS_LISTEN")
+    if scrape and ops and not ops.endswith(f":{scrape}"):
+        err(f"Prometheus scrapes port {scrape}, but HERALD_OPS_LISTEN is {ops}")
     sc, psc = c.get("securityContext", {}), pod["spec"].get("securityContext", {})
     if not (sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False
             and psc.get("runAsNonRoot")):
@@ -154,8 +161,14 @@ def check(name, docs):
         if "replicas" in dep["spec"]:
             err("Deployment sets replicas while an HPA owns the count")
     for ing in by_kind.get("Ingress", {}).values():
-        if ing["metadata"].get("annotations", {}).get("haproxy.org/load-balance") != "leastconn":
+        notes = ing["metadata"].get("annotations", {})
+        if notes.get("haproxy.org/load-balance") != "leastconn":
             err(f"Ingress {ing['metadata']['name']} is not haproxy.org/load-balance: leastconn")
+        snippet = notes.get("haproxy.org/backend-config-snippet", "")
+        for line in ("option http-no-delay", "retry-on conn-failure empty-response",
+                     "http-request disable-l7-retry unless METH_GET"):
+            if line not in snippet:
+                err(f"Ingress {ing['metadata']['name']} backend snippet lacks `{line}`")
         for rule in ing["spec"]["rules"]:
             for p in rule["http"]["paths"]:
                 b = p["backend"]["service"]
@@ -175,6 +188,20 @@ def check(name, docs):
                 err(f"BackendTrafficPolicy targets {ref}, which is not an HTTPRoute here")
         if btp["spec"].get("loadBalancer", {}).get("type") != "LeastRequest":
             err("BackendTrafficPolicy must use loadBalancer.type LeastRequest")
+        triggers = btp["spec"].get("retry", {}).get("retryOn", {}).get("triggers", [])
+        for ref in btp["spec"]["targetRefs"]:
+            route = routes.get(ref["name"], {})
+            methods = {m.get("method") for r in route.get("spec", {}).get("rules", [])
+                       for m in r.get("matches", [])}
+            if "reset" in triggers and methods != {"GET"}:
+                err(f"BackendTrafficPolicy {btp['metadata']['name']} resends requests whose pod died, but {ref['name']} is not GET only")
+    events = [r for r in routes.values()
+              if any(m.get("method") == "GET" and m.get("path", {}).get("value") == "/v1/events"
+                     for rule in r["spec"]["rules"] for m in rule.get("matches", []))]
+    if routes and not any("reset" in b["spec"].get("retry", {}).get("retryOn", {}).get("triggers", [])
+                          for b in by_kind.get("BackendTrafficPolicy", {}).values()
+                          for ref in b["spec"]["targetRefs"] if ref["name"] in {r["metadata"]["name"] for r in events}):
+        err("no BackendTrafficPolicy resends GET /v1/events whose pod died before answering (retry on reset)")
     return sorted(f"{k}/{n}" for k, v in by_kind.items() for n in v)
 
 for t in targets:

@@ -87,12 +87,14 @@ impl Admission {
         self.max_streams > 0 && self.streams.load(Ordering::Acquire) >= self.max_streams
     }
 
-    /// The client's address: the socket peer, or the last address in the
-    /// trusted proxy's header (the one that proxy saw) when configured.
+    /// The client's address: the socket peer, or the address the trusted
+    /// proxy saw when configured. That is the last entry of the header's
+    /// last line: a proxy appends (HAProxy's `option forwardfor` adds a
+    /// line of its own), and everything before it came from the client.
     pub fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         self.trusted_proxy_header
             .as_ref()
-            .and_then(|h| headers.get(h))
+            .and_then(|h| headers.get_all(h).iter().next_back())
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
             .and_then(|v| v.trim().parse().ok())
@@ -166,5 +168,13 @@ mod tests {
             http::HeaderValue::from_static("1.2.3.4, 10.9.9.9"),
         );
         assert_eq!(a.client_address(ip1, &h), "10.9.9.9".parse().unwrap_or(ip1));
+        // A client's own header line comes first; the proxy's line is last.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", http::HeaderValue::from_static("6.6.6.6"));
+        h.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_static("10.1.1.1"),
+        );
+        assert_eq!(a.client_address(ip1, &h), "10.1.1.1".parse().unwrap_or(ip1));
     }
 }

@@ -3,7 +3,8 @@
 //! A token (HS256 with a shared secret, RS256 or ES256 with a public key)
 //! comes from `Authorization: Bearer`, a cookie, or the `access_token` query
 //! parameter, in that order. Its `herald` claim lists patterns:
-//! `{"herald": {"subscribe": ["scores/*"], "publish": ["scores"]}}`.
+//! `{"herald": {"subscribe": ["scores/*"], "publish": ["scores"]}}`, and
+//! `"ops": true` for the operations views (`/metrics`, `/v1/stats`).
 //!
 //! A pattern names a selector (`topic` or `topic/key`). It matches the same
 //! selector; a whole-topic pattern also matches every key of that topic; a
@@ -51,13 +52,27 @@ impl Pattern {
     }
 }
 
+/// Where a request carried its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    Bearer,
+    Cookie,
+    Query,
+}
+
 /// What a caller may do.
 #[derive(Debug, Clone, Default)]
 pub struct Grant {
     subscribe: Vec<Pattern>,
     publish: Vec<Pattern>,
+    /// May read the node's operations views (`/metrics`, `/v1/stats`).
+    ops: bool,
     /// The token's `exp`, seconds since the epoch.
     pub expires_at: Option<u64>,
+    /// The token came from the cookie, which a browser attaches to requests
+    /// any site makes: it proves the user, not the page that asks. Writes
+    /// with it need an allowed `Origin` (see `Cors::vouches_for`).
+    pub from_cookie: bool,
     /// Everything is allowed (no auth configured).
     open: bool,
 }
@@ -77,6 +92,10 @@ impl Grant {
     pub fn may_publish(&self, topic: &str, key: Option<&str>) -> bool {
         self.open || self.publish.iter().any(|p| p.allows(topic, key))
     }
+
+    pub fn may_operate(&self) -> bool {
+        self.open || self.ops
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +111,8 @@ struct HeraldClaim {
     subscribe: Vec<String>,
     #[serde(default)]
     publish: Vec<String>,
+    #[serde(default)]
+    ops: bool,
 }
 
 /// Auth settings, from configuration.
@@ -162,8 +183,8 @@ impl Auth {
         self.anonymous.iter().any(|p| p.allows(topic, key))
     }
 
-    /// The token a request carries, if any.
-    pub fn token<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<String> {
+    /// The token a request carries, if any, and where it was.
+    pub fn token(&self, headers: &HeaderMap, query: Option<&str>) -> Option<(String, TokenSource)> {
         if let Some(v) = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -172,7 +193,7 @@ impl Auth {
                 .strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
             {
-                return Some(t.trim().to_owned());
+                return Some((t.trim().to_owned(), TokenSource::Bearer));
             }
         }
         for cookies in headers.get_all(http::header::COOKIE) {
@@ -182,14 +203,14 @@ impl Auth {
             for c in cookies.split(';') {
                 if let Some((name, value)) = c.trim().split_once('=') {
                     if name == self.cookie {
-                        return Some(value.to_owned());
+                        return Some((value.to_owned(), TokenSource::Cookie));
                     }
                 }
             }
         }
         form_urlencoded::parse(query.unwrap_or_default().as_bytes())
             .find(|(k, _)| k == QUERY_PARAMETER)
-            .map(|(_, v)| v.into_owned())
+            .map(|(_, v)| (v.into_owned(), TokenSource::Query))
     }
 
     /// The caller's grant: open, anonymous (no token), or from a valid token.
@@ -204,7 +225,10 @@ impl Auth {
         }
         match self.token(headers, query) {
             None => Ok(None),
-            Some(t) => self.verify(&t).map(Some),
+            Some((t, source)) => self.verify(&t).map(|mut g| {
+                g.from_cookie = source == TokenSource::Cookie;
+                Some(g)
+            }),
         }
     }
 
@@ -242,7 +266,9 @@ impl Auth {
                     return Ok(Grant {
                         subscribe: c.herald.subscribe.iter().map(|p| Pattern::new(p)).collect(),
                         publish: c.herald.publish.iter().map(|p| Pattern::new(p)).collect(),
+                        ops: c.herald.ops,
                         expires_at: c.exp,
+                        from_cookie: false,
                         open: false,
                     });
                 }
@@ -258,10 +284,10 @@ pub fn mint(args: &crate::config::TokenArgs) -> anyhow::Result<String> {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs()
-        + args.ttl.as_secs();
+        .saturating_add(args.ttl.as_secs());
     let mut claims = serde_json::json!({
         "exp": exp,
-        "herald": {"subscribe": args.subscribe, "publish": args.publish},
+        "herald": {"subscribe": args.subscribe, "publish": args.publish, "ops": args.ops},
     });
     if let Some(iss) = &args.issuer {
         claims["iss"] = iss.clone().into();
@@ -286,6 +312,7 @@ mod tests {
             secret: "s".repeat(32),
             subscribe: vec!["scores/*".into()],
             publish: vec![],
+            ops: false,
             ttl: std::time::Duration::from_secs(60),
             issuer: None,
             audience: None,

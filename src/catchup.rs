@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -28,14 +28,55 @@ use crate::registry::{push_gap, push_own, Join, Registry, SlotStart, Subscriber}
 
 const POLL_TIMEOUT: Duration = Duration::from_millis(50);
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause before another pass for clients deferred as slow.
+/// First pause before another pass for a client deferred as slow; doubles
+/// each time it is deferred again, up to [`MAX_BACKOFF`].
 const RETRY_SLOW: Duration = Duration::from_millis(10);
-/// Pause before retrying a failed pass, times the failures in a row (≤ 20).
+/// Pause before retrying a failed pass, times the failures in a row.
 const RETRY_FAILED: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often idle readers look at parked jobs again.
+const PARKED_CHECK: Duration = Duration::from_millis(50);
+/// How long a partition's first waiting job waits for others before a pass
+/// starts: a mass reconnect arrives over a few milliseconds, and one pass
+/// serves everyone who arrived meanwhile.
+const GATHER: Duration = Duration::from_millis(25);
 
 struct Job {
     sub: Arc<Subscriber>,
     slot: usize,
+    /// Not before this: a gathering window at first, then a back-off after
+    /// a deferral or a failed pass.
+    not_before: Option<Instant>,
+    /// Passes in a row that deferred or failed this job.
+    setbacks: u32,
+}
+
+impl Job {
+    fn new(sub: Arc<Subscriber>, slot: usize) -> Job {
+        Job {
+            sub,
+            slot,
+            not_before: Some(Instant::now() + GATHER),
+            setbacks: 0,
+        }
+    }
+
+    /// Whether a pass should read for this job now. A job deferred because
+    /// its client was not draining waits until its queue has room again, so
+    /// a client that stops reading costs no Kafka reads (and the write
+    /// timeout then ends it).
+    fn is_ready(&self, now: Instant) -> bool {
+        self.not_before.map_or(true, |t| now >= t)
+            && (self.setbacks == 0 || self.sub.connection.queue.has_room_for_replay())
+    }
+
+    fn set_back(&mut self, base: Duration, now: Instant) {
+        self.setbacks = self.setbacks.saturating_add(1);
+        let pause = base
+            .saturating_mul(1 << self.setbacks.min(16))
+            .min(MAX_BACKOFF);
+        self.not_before = Some(now + pause);
+    }
 }
 
 type PartitionKey = (Arc<str>, i32);
@@ -110,7 +151,7 @@ impl Catchup {
             .pending
             .entry(key)
             .or_default()
-            .push(Job { sub, slot });
+            .push(Job::new(sub, slot));
         self.shared.wake.notify_one();
     }
 
@@ -134,60 +175,76 @@ struct Reader {
 
 impl Reader {
     fn run(mut self) {
-        let mut failures = 0u32;
         loop {
-            let (key, jobs) = {
-                let mut board = self.shared.board.lock();
-                loop {
-                    if board.stop {
-                        return;
-                    }
-                    let free = board
-                        .pending
-                        .keys()
-                        .find(|k| !board.busy.contains(*k))
-                        .cloned();
-                    if let Some(key) = free {
-                        let jobs = board.pending.remove(&key).unwrap_or_default();
-                        board.busy.insert(key.clone());
-                        break (key, jobs);
-                    }
-                    self.shared.wake.wait(&mut board);
-                }
+            let Some((key, mut jobs)) = self.next_partition() else {
+                return;
             };
             self.registry.metrics.catchup_readers.inc();
-            let mut jobs = jobs;
             let result = self.replay(&key, &mut jobs);
             self.registry.metrics.catchup_readers.dec();
-            // Whatever still needs records goes back on the board: a failed
-            // read (broker unreachable, leader moving) is retried, never
-            // dropped, or its clients would wait forever.
+            // Whatever still needs records goes back on the board, after a
+            // back-off: a failed read (broker unreachable, leader moving) is
+            // retried, never dropped, or its clients would wait forever.
+            let now = Instant::now();
             jobs.retain(|job| !job.sub.is_closed());
-            let pause = match result {
+            match result {
                 Ok(()) => {
-                    failures = 0;
-                    // Clients that were not keeping up: a moment to drain.
-                    RETRY_SLOW
+                    for job in &mut jobs {
+                        job.set_back(RETRY_SLOW, now);
+                    }
                 }
                 Err(e) => {
                     self.registry.metrics.kafka_errors.inc();
                     tracing::warn!(topic = %key.0, partition = key.1, error = %e, "catch-up read failed; will retry");
-                    failures += 1;
-                    RETRY_FAILED.saturating_mul(failures.min(20))
+                    for job in &mut jobs {
+                        job.set_back(RETRY_FAILED, now);
+                    }
                 }
-            };
-            if !jobs.is_empty() && !self.shared.stopping.load(Ordering::Acquire) {
-                std::thread::sleep(pause);
-                self.shared
-                    .board
-                    .lock()
-                    .pending
-                    .entry(key.clone())
-                    .or_default()
-                    .extend(jobs);
             }
-            self.shared.board.lock().busy.remove(&key);
+            let mut board = self.shared.board.lock();
+            if !jobs.is_empty() && !board.stop {
+                board.pending.entry(key.clone()).or_default().extend(jobs);
+            }
+            board.busy.remove(&key);
+            drop(board);
             self.shared.wake.notify_all();
+        }
+    }
+
+    /// Waits for a partition that no other reader holds and that has a job
+    /// ready to read for; takes its ready jobs. `None` when stopping.
+    fn next_partition(&self) -> Option<(PartitionKey, Vec<Job>)> {
+        let mut board = self.shared.board.lock();
+        loop {
+            if board.stop {
+                return None;
+            }
+            let now = Instant::now();
+            let Board { pending, busy, .. } = &mut *board;
+            pending.retain(|_, jobs| {
+                jobs.retain(|j| !j.sub.is_closed());
+                !jobs.is_empty()
+            });
+            let free = pending
+                .iter()
+                .find(|(k, jobs)| !busy.contains(*k) && jobs.iter().any(|j| j.is_ready(now)))
+                .map(|(k, _)| k.clone());
+            if let Some(key) = free {
+                let waiting = pending.remove(&key).unwrap_or_default();
+                let (ready, parked): (Vec<Job>, Vec<Job>) =
+                    waiting.into_iter().partition(|j| j.is_ready(now));
+                if !parked.is_empty() {
+                    pending.insert(key.clone(), parked);
+                }
+                busy.insert(key.clone());
+                return Some((key, ready));
+            }
+            if pending.is_empty() {
+                self.shared.wake.wait(&mut board);
+            } else {
+                // Parked jobs become ready with time or as their clients drain.
+                self.shared.wake.wait_for(&mut board, PARKED_CHECK);
+            }
         }
     }
 
@@ -216,6 +273,9 @@ impl Reader {
         let stopping = &self.shared.stopping;
         let consumer = self.consumer.as_ref().ok_or(KafkaError::Canceled)?;
         assign(consumer, &topic, partition, from)?;
+        // The offset this pass reads next: a client that arrives meanwhile
+        // at or after it rides along instead of waiting for another pass.
+        let mut next = from;
         let mut deferred = Vec::new();
         let result = 'pass: loop {
             if jobs.is_empty() || stopping.load(Ordering::Acquire) {
@@ -235,6 +295,7 @@ impl Reader {
                     Ok(m) => {
                         bytes += m.payload_len();
                         let record = Record::from_message(topic.clone(), &m, &event_header);
+                        next = record.offset.saturating_add(1);
                         deliver(&registry, jobs, &mut deferred, &record, &mut wakers);
                     }
                     Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)) => {
@@ -255,6 +316,7 @@ impl Reader {
                         if let Err(e) = assign(consumer, &topic, partition, low) {
                             break 'pass Err(e);
                         }
+                        next = low;
                         break;
                     }
                     Err(e) => {
@@ -264,6 +326,7 @@ impl Reader {
                 }
             }
             wakers.wake_all();
+            adopt(&self.shared, key, next, jobs);
             hand_over(&registry, jobs, &mut wakers);
         };
         if let Some(consumer) = self.consumer.as_ref() {
@@ -296,6 +359,28 @@ impl Reader {
             from = from.min(job.sub.position(job.slot));
         }
         Ok(from)
+    }
+}
+
+/// Moves the jobs waiting on `key` whose position is at or after `next`
+/// into a running pass: it reads everything they need from here on.
+fn adopt(shared: &Shared, key: &PartitionKey, next: i64, jobs: &mut Vec<Job>) {
+    let mut board = shared.board.lock();
+    let Some(waiting) = board.pending.get_mut(key) else {
+        return;
+    };
+    let mut i = 0;
+    while i < waiting.len() {
+        let job = &waiting[i];
+        // A new job (no setbacks) need not wait out its gathering window.
+        if job.setbacks == 0 && job.sub.position(job.slot) >= next {
+            jobs.push(waiting.swap_remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    if waiting.is_empty() {
+        board.pending.remove(key);
     }
 }
 

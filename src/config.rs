@@ -37,6 +37,9 @@ pub struct TokenArgs {
     /// Selector patterns the token may publish to (repeatable).
     #[arg(long)]
     pub publish: Vec<String>,
+    /// The token may read /metrics and /v1/stats on the public port.
+    #[arg(long)]
+    pub ops: bool,
     /// Lifetime of the token.
     #[arg(long, default_value = "1h", value_parser = duration)]
     pub ttl: Duration,
@@ -66,6 +69,13 @@ pub struct Config {
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// A second address serving only the operations views (/metrics,
+    /// /v1/stats, /healthz, /readyz) to anyone who reaches it: bind it to a
+    /// private interface. On the public port, with auth configured, those
+    /// views need a token with `"ops": true`.
+    #[arg(long, env = "HERALD_OPS_LISTEN")]
+    pub ops_listen: Option<SocketAddr>,
+
     /// Kafka bootstrap servers (host:port,...). Without it the node starts an
     /// embedded Kafka (librdkafka's mock cluster, in process).
     #[arg(long, env = "HERALD_BROKERS")]
@@ -91,6 +101,13 @@ pub struct Config {
     /// Bytes a connection may have queued before it is cut off as too slow.
     #[arg(long, env = "HERALD_QUEUE_BYTES", default_value_t = 1 << 20)]
     pub queue_bytes: usize,
+
+    /// Longest a single write to a client may take. A client that does not
+    /// read (its socket stays full) is disconnected after this, with its
+    /// cursor intact; so is one whose queue overflowed but whose last write
+    /// never finishes.
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub write_timeout: Duration,
 
     /// How long a partition nobody wants stays assigned (absorbs churn).
     #[arg(long, env = "HERALD_PARTITION_LINGER", default_value = "30s", value_parser = duration)]
@@ -194,6 +211,12 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_SELECTORS", default_value_t = 64)]
     pub max_selectors: usize,
 
+    /// Partitions one stream may read (a whole topic counts all of its
+    /// partitions, a key one). Bounds the work of opening a stream and the
+    /// length of its cursor: at most 10 bytes per partition, base64.
+    #[arg(long, env = "HERALD_MAX_STREAM_PARTITIONS", default_value_t = 256)]
+    pub max_stream_partitions: usize,
+
     /// Longest key in a selector, in bytes.
     #[arg(long, env = "HERALD_MAX_KEY_BYTES", default_value_t = 1024)]
     pub max_key_bytes: usize,
@@ -216,6 +239,26 @@ pub struct Config {
 }
 
 impl Config {
+    /// Checks settings that depend on each other; says which flag to change.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let longest = crate::cursor::longest_text(self.max_stream_partitions);
+        let room = self
+            .max_header_bytes
+            .max(8192)
+            .saturating_sub(self.max_url_bytes);
+        if longest > crate::cursor::MAX_TEXT_LEN || longest > room {
+            anyhow::bail!(
+                "--max-stream-partitions {} allows cursors of up to {longest} bytes, more than a resume can send back (cursors up to {} bytes, and what --max-header-bytes leaves beside --max-url-bytes: {room}); lower it or raise --max-header-bytes",
+                self.max_stream_partitions,
+                crate::cursor::MAX_TEXT_LEN,
+            );
+        }
+        if self.max_stream_partitions == 0 {
+            anyhow::bail!("--max-stream-partitions must be at least 1");
+        }
+        Ok(())
+    }
+
     /// Defaults for a node on `listen` (tests and embedding).
     pub fn for_listen(listen: SocketAddr) -> Config {
         let cli = Cli::parse_from(["herald", "serve", "--listen", &listen.to_string()]);

@@ -61,6 +61,29 @@ impl Cors {
         Some(out)
     }
 
+    /// Whether the page that sent this request is one whose writes the
+    /// user's cookie may carry: its `Origin` is on the allow-list (by name:
+    /// `*` does not count), or is this node itself (the built-in page). No
+    /// `Origin` at all is refused too: every browser sends one with a POST.
+    pub fn vouches_for(&self, request: &HeaderMap) -> bool {
+        let Some(origin) = request
+            .get(http::header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+        else {
+            return false;
+        };
+        if self.allowed(origin) {
+            return true;
+        }
+        let own_host = request
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        match (origin.split_once("://"), own_host) {
+            (Some((_, host)), Some(own)) => host.eq_ignore_ascii_case(own),
+            _ => false,
+        }
+    }
+
     /// Headers for a preflight answer, or `None` when the origin is refused.
     pub fn preflight(&self, request: &HeaderMap) -> Option<Vec<(&'static str, HeaderValue)>> {
         let mut out = self.headers(request)?;
@@ -115,5 +138,28 @@ mod tests {
         assert!(!h
             .iter()
             .any(|(k, _)| *k == "access-control-allow-credentials"));
+    }
+
+    #[test]
+    fn only_listed_origins_and_the_node_itself_vouch_for_cookie_writes() {
+        let c = Cors::new(&["https://app.example".into(), "*".into()], true);
+        assert!(c.vouches_for(&req("https://app.example")));
+        assert!(
+            !c.vouches_for(&req("https://evil.example")),
+            "`*` vouches for nobody"
+        );
+        assert!(!c.vouches_for(&req("null")));
+        assert!(
+            !c.vouches_for(&HeaderMap::new()),
+            "no Origin: not a page we know"
+        );
+        let mut own = req("http://herald.local:8080");
+        own.insert(
+            http::header::HOST,
+            HeaderValue::from_static("herald.local:8080"),
+        );
+        assert!(c.vouches_for(&own), "the built-in page");
+        own.insert(http::header::HOST, HeaderValue::from_static("other:8080"));
+        assert!(!c.vouches_for(&own));
     }
 }

@@ -29,6 +29,14 @@ pub const VERSION: u8 = 1;
 /// one of ours.
 pub const MAX_TEXT_LEN: usize = 8 * 1024;
 
+/// The longest text a cursor over `slots` slots can take, whatever its
+/// offsets: a version byte, the fingerprint, and at most ten varint bytes
+/// per slot, in unpadded base64.
+pub const fn longest_text(slots: usize) -> usize {
+    let raw = 5usize.saturating_add(slots.saturating_mul(10));
+    raw.saturating_mul(4).div_ceil(3)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     pub fingerprint: u32,
@@ -216,6 +224,27 @@ mod tests {
         raw.extend_from_slice(&[5, 21]); // 5, then -11
         let t = URL_SAFE_NO_PAD.encode(raw);
         assert_eq!(Cursor::decode(&t, 7, 2), Err(CursorError::BadOffset));
+    }
+
+    #[test]
+    fn no_cursor_is_longer_than_its_bound() {
+        for slots in [0usize, 1, 16, 255, 256] {
+            for pattern in [[i64::MAX, 0], [0, i64::MAX], [i64::MAX, i64::MAX]] {
+                let positions: Vec<i64> = (0..slots).map(|i| pattern[i % 2]).collect();
+                let t = text(u32::MAX, &positions);
+                assert!(
+                    t.len() <= longest_text(slots),
+                    "{slots}: {} > {}",
+                    t.len(),
+                    longest_text(slots)
+                );
+                assert_eq!(
+                    Cursor::decode(&t, u32::MAX, slots).map(|c| c.positions),
+                    Ok(positions)
+                );
+            }
+        }
+        assert!(longest_text(256) <= MAX_TEXT_LEN);
     }
 
     proptest! {

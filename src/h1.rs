@@ -36,6 +36,10 @@ use crate::sse;
 const FIRST_READ: usize = 1024;
 /// Most headers a head may have on this path (hyper takes the rest).
 const MAX_HEADERS: usize = 64;
+/// Bytes a client may send after a stream's head before it is hung up on:
+/// an event stream's client has nothing more to say (a pipelined request
+/// would never be answered), so more than this is junk or an attack.
+pub const AFTER_HEAD_ALLOWANCE: usize = 4096;
 
 /// What the first bytes of a connection turned out to be.
 pub enum Head {
@@ -115,12 +119,14 @@ fn event_request(request: &httparse::Request, max_target: usize) -> Option<http:
 }
 
 /// Writes a stream's response head, then its body as the queue drains,
-/// until the stream ends or the client goes away.
+/// until the stream ends, the client goes away, or the stream is killed for
+/// stalling (a write that never finishes is abandoned, not awaited).
 pub async fn serve_stream(
     mut stream: TcpStream,
     version: Version,
     extra_headers: Vec<(&'static str, HeaderValue)>,
     mut body: SseBody,
+    write_timeout: Duration,
 ) {
     let chunked = version == Version::HTTP_11;
     let mut head = Vec::with_capacity(256);
@@ -141,36 +147,54 @@ pub async fn serve_stream(
         b"connection: close\r\n\r\n"
     });
     drop(extra_headers);
-    if stream.write_all(&head).await.is_err() {
-        return;
+    // A fresh socket's send buffer takes a head whole; the timeout only
+    // guards against a peer that advertised no window at all.
+    match tokio::time::timeout(write_timeout, stream.write_all(&head)).await {
+        Ok(Ok(())) => {}
+        _ => return,
     }
     drop(head);
     let (mut reader, mut writer) = stream.split();
-    let mut scratch = [0u8; 64];
+    let mut scratch = [0u8; 256];
+    let mut after_head = 0usize;
     loop {
         tokio::select! {
             frame = body.frame() => {
                 let Some(Ok(frame)) = frame else {
-                    if chunked {
-                        let _ = writer.write_all(b"0\r\n\r\n").await;
+                    if chunked && !body.is_killed() {
+                        let _ = tokio::time::timeout(write_timeout, writer.write_all(b"0\r\n\r\n")).await;
                     }
                     break;
                 };
                 let Ok(data) = frame.into_data() else { continue };
-                if write_chunk(&mut writer, &data, chunked).await.is_err() {
-                    break;
+                tokio::select! {
+                    written = write_chunk(&mut writer, &data, chunked) => {
+                        if written.is_err() {
+                            break;
+                        }
+                    }
+                    // The watchdog found this write stuck past the write timeout.
+                    () = std::future::poll_fn(|cx| body.poll_killed(cx)) => break,
                 }
             }
-            // The client never speaks again on an event stream: this only
-            // notices it leaving (or sending what this path ignores).
+            // The client never speaks again on an event stream: this notices
+            // it leaving, and hangs up on one that keeps sending.
             read = reader.read(&mut scratch) => {
-                if matches!(read, Ok(0) | Err(_)) {
-                    break;
+                match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        after_head = after_head.saturating_add(n);
+                        if after_head > AFTER_HEAD_ALLOWANCE {
+                            break;
+                        }
+                    }
                 }
             }
         }
     }
-    let _ = writer.shutdown().await;
+    if !body.is_killed() {
+        let _ = tokio::time::timeout(write_timeout, writer.shutdown()).await;
+    }
 }
 
 /// Writes a complete (non-stream) response and closes: errors and

@@ -8,18 +8,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::Config;
 
-const METADATA_TTL: Duration = Duration::from_secs(10);
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settings shared by every client of a node.
@@ -83,12 +82,16 @@ pub struct Watermarks {
     pub high: i64,
 }
 
-/// Blocking Kafka look-ups, made safe to call from async code, with a short
-/// metadata cache so that every subscribe does not cost a round trip.
+/// Blocking Kafka look-ups, made safe to call from async code.
+///
+/// Partition counts come from a table of every topic, refreshed whole by
+/// [`Kafka::refresh`] (the readiness check, every two seconds), so that
+/// opening a stream on a known topic costs no Kafka round trip; only a
+/// topic the table does not know yet (created since) is looked up alone.
 #[derive(Clone)]
 pub struct Kafka {
     consumer: Arc<BaseConsumer>,
-    partition_counts: Arc<Mutex<HashMap<String, (i32, Instant)>>>,
+    partition_counts: Arc<Mutex<HashMap<String, i32>>>,
 }
 
 impl Kafka {
@@ -99,35 +102,31 @@ impl Kafka {
         }
     }
 
-    pub fn consumer(&self) -> &Arc<BaseConsumer> {
-        &self.consumer
+    /// Partitions of `topic` as the last refresh saw them, if it knew the topic.
+    pub fn known_partition_count(&self, topic: &str) -> Option<i32> {
+        self.partition_counts.lock().get(topic).copied()
     }
 
     /// Partitions of `topic`, or `None` when the topic does not exist.
     pub async fn partition_count(&self, topic: &str) -> Result<Option<i32>, KafkaError> {
-        if let Some((n, at)) = self.partition_counts.lock().get(topic) {
-            if at.elapsed() < METADATA_TTL {
-                return Ok(Some(*n));
-            }
+        if let Some(n) = self.known_partition_count(topic) {
+            return Ok(Some(n));
         }
         let consumer = self.consumer.clone();
         let name = topic.to_owned();
         let found = tokio::task::spawn_blocking(move || {
             let md = consumer.fetch_metadata(Some(&name), LOOKUP_TIMEOUT)?;
-            Ok::<_, KafkaError>(md.topics().iter().find(|t| t.name() == name).and_then(|t| {
-                match t.error() {
-                    Some(_) => None,
-                    None if t.partitions().is_empty() => None,
-                    None => Some(t.partitions().len() as i32),
-                }
-            }))
+            Ok::<_, KafkaError>(
+                md.topics()
+                    .iter()
+                    .find(|t| t.name() == name)
+                    .and_then(topic_partitions),
+            )
         })
         .await
         .map_err(|_| KafkaError::Canceled)??;
         if let Some(n) = found {
-            self.partition_counts
-                .lock()
-                .insert(topic.to_owned(), (n, Instant::now()));
+            self.partition_counts.lock().insert(topic.to_owned(), n);
         }
         Ok(found)
     }
@@ -137,69 +136,107 @@ impl Kafka {
         self.partition_counts.lock().remove(topic);
     }
 
-    pub async fn watermarks(&self, topic: &str, partition: i32) -> Result<Watermarks, KafkaError> {
+    /// Low and high watermarks of every partition named, in that order, in
+    /// two list-offsets requests (per broker) whatever their number.
+    pub async fn watermarks(
+        &self,
+        partitions: Vec<(Arc<str>, i32)>,
+    ) -> Result<Vec<Watermarks>, KafkaError> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
         let consumer = self.consumer.clone();
-        let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
-            let (low, high) = consumer.fetch_watermarks(&topic, partition, LOOKUP_TIMEOUT)?;
-            Ok(Watermarks { low, high })
+            let lows = list_offsets(&consumer, &partitions, Offset::Beginning)?;
+            let highs = list_offsets(&consumer, &partitions, Offset::End)?;
+            Ok(lows
+                .into_iter()
+                .zip(highs)
+                .map(|(low, high)| Watermarks { low, high })
+                .collect())
         })
         .await
         .map_err(|_| KafkaError::Canceled)?
     }
 
-    /// For each slot of `sub`, the first offset at or after `ms` (the high
+    /// For each partition named, the first offset at or after `ms` (the high
     /// watermark where no record is that recent).
     pub async fn offsets_for_time(
         &self,
-        sub: &crate::registry::Subscriber,
+        partitions: Vec<(Arc<str>, i32)>,
         ms: i64,
     ) -> Result<Vec<i64>, KafkaError> {
         let consumer = self.consumer.clone();
-        let slots: Vec<(String, i32)> = sub
-            .shape
-            .slots
-            .iter()
-            .map(|s| (s.log.topic.to_string(), s.log.partition))
-            .collect();
         tokio::task::spawn_blocking(move || {
-            let mut tpl = rdkafka::TopicPartitionList::new();
-            for (topic, partition) in &slots {
-                tpl.add_partition_offset(topic, *partition, rdkafka::Offset::Offset(ms))?;
-            }
-            let found = consumer.offsets_for_times(tpl, LOOKUP_TIMEOUT)?;
-            let mut out = Vec::with_capacity(slots.len());
-            for (topic, partition) in &slots {
-                let offset = found
-                    .find_partition(topic, *partition)
-                    .map(|e| e.offset())
-                    .unwrap_or(rdkafka::Offset::End);
-                out.push(match offset {
-                    rdkafka::Offset::Offset(n) if n >= 0 => n,
-                    _ => {
-                        consumer
-                            .fetch_watermarks(topic, *partition, LOOKUP_TIMEOUT)?
-                            .1
-                    }
-                });
-            }
-            Ok(out)
+            let found = list_offsets(&consumer, &partitions, Offset::Offset(ms))?;
+            let highs = list_offsets(&consumer, &partitions, Offset::End)?;
+            Ok(found
+                .into_iter()
+                .zip(highs)
+                .map(|(offset, high)| if offset >= 0 { offset } else { high })
+                .collect())
         })
         .await
         .map_err(|_| KafkaError::Canceled)?
     }
 
-    /// Whether any broker answers a metadata request.
-    pub async fn reachable(&self) -> bool {
+    /// Reads every topic's metadata: refreshes the partition-count table and
+    /// says whether any broker answered.
+    pub async fn refresh(&self) -> bool {
         let consumer = self.consumer.clone();
+        let table = self.partition_counts.clone();
         tokio::task::spawn_blocking(move || {
-            consumer
-                .fetch_metadata(None, Duration::from_secs(2))
-                .is_ok()
+            let Ok(md) = consumer.fetch_metadata(None, Duration::from_secs(2)) else {
+                return false;
+            };
+            let counts: HashMap<String, i32> = md
+                .topics()
+                .iter()
+                .filter_map(|t| Some((t.name().to_owned(), topic_partitions(t)?)))
+                .collect();
+            *table.lock() = counts;
+            true
         })
         .await
         .unwrap_or(false)
     }
+}
+
+/// A topic's partition count, if the metadata says it exists.
+fn topic_partitions(t: &rdkafka::metadata::MetadataTopic) -> Option<i32> {
+    match t.error() {
+        Some(_) => None,
+        None if t.partitions().is_empty() => None,
+        None => i32::try_from(t.partitions().len()).ok(),
+    }
+}
+
+/// One list-offsets look-up for many partitions: `at` is a time in
+/// milliseconds, or Kafka's `Beginning`/`End` for the watermarks. Returns
+/// the offset found per partition, -1 where there is none.
+fn list_offsets(
+    consumer: &BaseConsumer,
+    partitions: &[(Arc<str>, i32)],
+    at: Offset,
+) -> Result<Vec<i64>, KafkaError> {
+    let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+    for (topic, partition) in partitions {
+        tpl.add_partition_offset(topic, *partition, at)?;
+    }
+    let found = consumer.offsets_for_times(tpl, LOOKUP_TIMEOUT)?;
+    partitions
+        .iter()
+        .map(|(topic, partition)| {
+            let entry = found
+                .find_partition(topic, *partition)
+                .ok_or(KafkaError::OffsetFetch(RDKafkaErrorCode::UnknownPartition))?;
+            entry.error()?;
+            Ok(match entry.offset() {
+                Offset::Offset(n) => n,
+                _ => -1,
+            })
+        })
+        .collect()
 }
 
 /// True for errors that mean "the topic or partition is not there".

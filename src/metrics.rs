@@ -18,6 +18,7 @@ pub struct Metrics {
     pub events_delivered: IntCounter,
     pub bytes_delivered: IntCounter,
     pub slow_disconnects: IntCounter,
+    pub stalled_disconnects: IntCounter,
     pub delivery_latency: Histogram,
     pub partition_lag: IntGaugeVec,
     pub replay_buffer_hits: IntCounter,
@@ -102,6 +103,11 @@ impl Metrics {
                 &registry,
                 "herald_slow_disconnects_total",
                 "Streams ended because the client fell behind its queue bound",
+            ),
+            stalled_disconnects: counter(
+                &registry,
+                "herald_stalled_disconnects_total",
+                "Streams closed because a write to the client took longer than the write timeout",
             ),
             delivery_latency,
             partition_lag: gauge_vec(

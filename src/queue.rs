@@ -6,8 +6,15 @@
 //! memory is not. Producers (the ingest thread, catch-up readers) never
 //! block and never wake the connection task per frame: they collect wakers
 //! and wake once per batch.
+//!
+//! The queue also knows whether its writer is stuck: it records when the
+//! writer took frames and clears that when the writer comes back for more
+//! (its write finished). A writer that holds frames longer than the write
+//! timeout is a stalled client, and [`ConnectionQueue::kill`] ends it at
+//! once, whatever the socket is doing.
 
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, MutexGuard};
@@ -21,6 +28,10 @@ pub enum End {
     Drain,
     /// The client's credentials ran out.
     Expired,
+    /// A write to the client made no progress for the write timeout.
+    Stalled,
+    /// Kafka could not be reached to start the stream; the client retries.
+    Unavailable,
 }
 
 #[derive(Debug)]
@@ -37,6 +48,10 @@ struct Inner {
     oldest: Option<i64>,
     waker: Option<Waker>,
     end: Option<End>,
+    /// When the writer took the frames it is still writing (None: it came back).
+    taken_at: Option<Instant>,
+    /// The writer must stop now, mid-write if need be: the client stalled.
+    killed: bool,
 }
 
 /// Frames taken from the queue for one socket write.
@@ -173,14 +188,68 @@ impl ConnectionQueue {
         self.inner.lock().end
     }
 
+    /// Whether a paced replay may fill this queue again: its writer has
+    /// drained it to a quarter of the bound.
+    pub fn has_room_for_replay(&self) -> bool {
+        self.inner.lock().bytes <= self.limit / 4
+    }
+
     pub fn queued_bytes(&self) -> usize {
         self.inner.lock().bytes
+    }
+
+    /// Whether the writer has been holding frames it took for longer than
+    /// `timeout` (its socket write is not finishing).
+    pub fn is_stalled(&self, now: Instant, timeout: Duration) -> bool {
+        self.inner
+            .lock()
+            .taken_at
+            .is_some_and(|t| now.saturating_duration_since(t) > timeout)
+    }
+
+    /// Ends the stream now, dropping what is queued, and tells the writer to
+    /// abandon its write. Returns false if it was killed already.
+    pub fn kill(&self) -> bool {
+        let waker = {
+            let mut inner = self.inner.lock();
+            if inner.killed {
+                return false;
+            }
+            inner.killed = true;
+            inner.chunks = Vec::new();
+            inner.bytes = 0;
+            inner.end.get_or_insert(End::Stalled);
+            inner.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    /// Ready once the stream was killed; parks the caller's waker otherwise.
+    /// The writer polls it beside each socket write.
+    pub fn poll_killed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.inner.lock();
+        if inner.killed {
+            return Poll::Ready(());
+        }
+        match &inner.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => inner.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// Takes everything queued as one buffer (one socket write), or parks the
     /// caller's waker. `Ready(None)` once the stream has ended and is empty.
     pub fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<Option<Drained>> {
         let mut inner = self.inner.lock();
+        // The writer is back: whatever it took before is written.
+        inner.taken_at = None;
+        if inner.killed {
+            return Poll::Ready(None);
+        }
         if !inner.chunks.is_empty() {
             let bytes = if inner.chunks.len() == 1 {
                 inner.chunks.pop().unwrap_or_default()
@@ -196,6 +265,7 @@ impl ConnectionQueue {
                 inner.chunks = Vec::new();
             }
             inner.bytes = 0;
+            inner.taken_at = Some(Instant::now());
             return Poll::Ready(Some(Drained {
                 bytes,
                 oldest_record_ms: inner.oldest.take(),
@@ -250,6 +320,38 @@ mod tests {
         assert_eq!(q.push(&[&f], None, &mut w), Pushed::Ended);
         assert_eq!(q.ended(), Some(End::Slow));
         assert!(matches!(drain(&q), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn a_writer_holding_frames_past_the_timeout_is_stalled_until_it_comes_back() {
+        let q = ConnectionQueue::new(100);
+        let mut w = Wakers::default();
+        q.push(&[&Bytes::from_static(b"x")], None, &mut w);
+        let now = Instant::now();
+        assert!(!q.is_stalled(now, Duration::ZERO), "nothing taken yet");
+        assert!(matches!(drain(&q), Poll::Ready(Some(_))));
+        let later = now + Duration::from_secs(10);
+        assert!(q.is_stalled(later, Duration::from_secs(5)));
+        assert!(drain(&q).is_pending(), "the writer came back");
+        assert!(!q.is_stalled(later, Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_killed_stream_drops_its_frames_and_ends_at_once() {
+        let q = ConnectionQueue::new(100);
+        let mut w = Wakers::default();
+        q.push(&[&Bytes::from_static(b"x")], None, &mut w);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(q.poll_killed(&mut cx).is_pending());
+        assert!(q.kill());
+        assert!(!q.kill(), "killed once");
+        assert!(q.poll_killed(&mut cx).is_ready());
+        assert_eq!(q.ended(), Some(End::Stalled));
+        assert!(matches!(drain(&q), Poll::Ready(None)));
+        assert_eq!(
+            q.push(&[&Bytes::from_static(b"y")], None, &mut w),
+            Pushed::Ended
+        );
     }
 
     #[test]

@@ -163,11 +163,31 @@ pub struct Connection {
     pub peer: SocketAddr,
     pub opened: Instant,
     subscriber: OnceLock<Arc<Subscriber>>,
+    /// Closes the transport that carries this stream when hyper serves it
+    /// (hyper stops polling a body whose client stalls, so only dropping its
+    /// connection ends it). Streams served by `h1` watch the queue instead.
+    transport: OnceLock<tokio_util::sync::CancellationToken>,
 }
 
 impl Connection {
     pub fn subscriber(&self) -> Option<&Arc<Subscriber>> {
         self.subscriber.get()
+    }
+
+    /// Ties this stream to the transport that carries it.
+    pub fn close_transport_with(&self, token: tokio_util::sync::CancellationToken) {
+        let _ = self.transport.set(token);
+    }
+
+    /// Ends a stalled stream now: its queue is dropped, its writer abandons
+    /// the write in progress, and its transport is closed. Returns false if
+    /// it was killed before.
+    pub fn kill(&self) -> bool {
+        let killed = self.queue.kill();
+        if let Some(token) = self.transport.get() {
+            token.cancel();
+        }
+        killed
     }
 }
 
@@ -334,6 +354,7 @@ impl Registry {
             peer,
             opened: Instant::now(),
             subscriber: OnceLock::new(),
+            transport: OnceLock::new(),
         });
         let subscriber = Arc::new(Subscriber {
             connection: connection.clone(),
@@ -427,6 +448,11 @@ impl Registry {
         let log = &shape_slot.log;
         let state = &sub.slots[slot];
         let mut inner = log.inner.lock();
+        if sub.closed.load(Ordering::Acquire) {
+            // Gone meanwhile. Checked under the partition's lock: either
+            // `unsubscribe` sees this slot attached, or this sees it closed.
+            return Join::Joined;
+        }
         if inner.status != Status::Assigned {
             return Join::NeedsStart;
         }

@@ -100,6 +100,9 @@ impl NodeContext {
             None => Err(ApiError::Unauthorized(
                 "publishing needs a token with a publish grant (Authorization: Bearer ...)".into(),
             )),
+            Some(g) if g.from_cookie && !self.cors.vouches_for(headers) => Err(ApiError::Forbidden(
+                "a token from the cookie may publish only from an allowed origin (--cors-origins) or this node's own page; other callers send it as Authorization: Bearer".into(),
+            )),
             Some(g) if g.may_publish(topic, key) => Ok(()),
             Some(_) => Err(ApiError::Forbidden(format!(
                 "the token does not grant publishing to `{topic}`"
@@ -112,6 +115,7 @@ impl NodeContext {
 pub struct Node {
     context: Arc<NodeContext>,
     addr: SocketAddr,
+    ops_addr: Option<SocketAddr>,
     server: tokio::task::JoinHandle<()>,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -120,6 +124,7 @@ impl Node {
     /// Starts a node: Kafka clients (an embedded Kafka without `--brokers`),
     /// the ingest thread, the catch-up readers, and the HTTP listener.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
+        config.validate()?;
         let auth = Auth::new(&AuthConfig {
             hs256_secret: config.auth_hs256_secret.clone(),
             public_keys: config.auth_public_keys.clone(),
@@ -180,6 +185,11 @@ impl Node {
         let producer = kafka::producer(&config, &bootstrap)?;
         let listener = bind(config.listen)?;
         let addr = listener.local_addr()?;
+        let ops_listener = config.ops_listen.map(bind).transpose()?;
+        let ops_addr = ops_listener
+            .as_ref()
+            .map(tokio::net::TcpListener::local_addr)
+            .transpose()?;
         let context = Arc::new(NodeContext {
             kafka: Kafka::new(consumer),
             registry,
@@ -198,13 +208,18 @@ impl Node {
         });
         context
             .kafka_reachable
-            .store(context.kafka.reachable().await, Ordering::Release);
+            .store(context.kafka.refresh().await, Ordering::Release);
         let background = vec![
             tokio::spawn(watch_kafka(context.clone())),
+            tokio::spawn(stalled_writers(context.clone())),
             tokio::spawn(heartbeats(context.clone())),
             tokio::spawn(idle_cursors(context.clone())),
         ];
         let server = tokio::spawn(serve(context.clone(), listener));
+        let mut background = background;
+        if let Some(l) = ops_listener {
+            background.push(tokio::spawn(serve_operations(context.clone(), l)));
+        }
         tracing::info!(
             listen = %addr,
             kafka = %context.bootstrap,
@@ -215,6 +230,7 @@ impl Node {
         Ok(Node {
             context,
             addr,
+            ops_addr,
             server,
             background,
         })
@@ -222,6 +238,11 @@ impl Node {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The operations listener's address, when `--ops-listen` is set.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr
     }
 
     pub fn bootstrap_servers(&self) -> &str {
@@ -336,6 +357,79 @@ async fn serve(ctx: Arc<NodeContext>, listener: tokio::net::TcpListener) {
     .await;
 }
 
+/// The operations listener: `/metrics`, `/v1/stats`, `/healthz` and
+/// `/readyz` for whoever can reach it (a private address), nothing else.
+async fn serve_operations(ctx: Arc<NodeContext>, listener: tokio::net::TcpListener) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.config.header_read_timeout);
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed on the operations listener");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = ctx.stop_accepting.cancelled() => break,
+        };
+        let (ctx, builder) = (ctx.clone(), builder.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let ctx = ctx.clone();
+                async move {
+                    let response = match (req.method(), req.uri().path()) {
+                        (&Method::GET, path) => operations(&ctx, path).unwrap_or_else(|| {
+                            error_response(&ctx, &ApiError::NotFound(path.to_owned()))
+                        }),
+                        (method, _) => {
+                            error_response(&ctx, &ApiError::MethodNotAllowed(method.to_string()))
+                        }
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The operations views, by path.
+fn operations(ctx: &NodeContext, path: &str) -> Option<Response<HttpBody>> {
+    Some(match path {
+        "/healthz" => json_response(StatusCode::OK, json!({"status": "ok"}).to_string()),
+        "/readyz" => readiness(ctx),
+        "/metrics" => Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(ctx.registry.metrics.render())).boxed())
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed())),
+        "/v1/stats" => json_response(StatusCode::OK, stats(ctx).to_string()),
+        _ => return None,
+    })
+}
+
+/// Whether a request on the public port may see the operations views that
+/// reveal who reads what (`/metrics`, `/v1/stats`): anyone on an open node,
+/// a token with the `ops` grant otherwise.
+fn authorize_operations(ctx: &NodeContext, req: &Request<Incoming>) -> Result<(), ApiError> {
+    match ctx.auth.grant(req.headers(), req.uri().query())? {
+        Some(g) if g.may_operate() => Ok(()),
+        Some(_) => Err(ApiError::Forbidden(
+            "the token does not grant the operations views (\"ops\": true)".into(),
+        )),
+        None => Err(ApiError::Unauthorized(
+            "the operations views need a token with \"ops\": true, or the operations listener (--ops-listen)".into(),
+        )),
+    }
+}
+
 /// One accepted connection: event streams over HTTP/1.x are served by
 /// [`h1`], everything else by hyper (HTTP/1.1 and HTTP/2).
 async fn connection(
@@ -346,6 +440,7 @@ async fn connection(
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let max_head = ctx.config.max_header_bytes.max(8192);
+    let write_timeout = ctx.config.write_timeout;
     // Boxed, as are the other phases before a stream starts: a task is
     // sized by its largest phase, and a stream's task lives for hours.
     let head = Box::pin(h1::read_head(
@@ -364,16 +459,24 @@ async fn connection(
             let opened = Box::pin(h1_open(&ctx, &mut stream, peer, parts)).await;
             drop(ctx);
             if let Some((version, cors, body)) = opened {
-                h1::serve_stream(stream, version, cors, body).await;
+                h1::serve_stream(stream, version, cors, body, write_timeout).await;
             }
         }
         h1::Head::Other(read) => {
-            let service = service_fn(move |req| handle(ctx.clone(), peer, req));
+            // Event streams served on this connection close it if their
+            // client stalls: hyper stops polling a body it cannot write.
+            let transport = CancellationToken::new();
+            let stalled = transport.clone();
+            let service = service_fn(move |req| handle(ctx.clone(), peer, transport.clone(), req));
             let io = TokioIo::new(h1::Rewind::new(stream, read));
             // Boxed: hyper's connection future is about 2 KiB, and unboxed
             // it would size every connection's task, streams' included.
-            let _ =
-                Box::pin(watcher.watch(builder.serve_connection(io, service).into_owned())).await;
+            let serving =
+                Box::pin(watcher.watch(builder.serve_connection(io, service).into_owned()));
+            tokio::select! {
+                _ = serving => {}
+                () = stalled.cancelled() => {}
+            }
         }
     }
 }
@@ -382,10 +485,34 @@ async fn watch_kafka(ctx: Arc<NodeContext>) {
     let mut tick = tokio::time::interval(READINESS_EVERY);
     loop {
         tick.tick().await;
-        let ok = ctx.kafka.reachable().await;
+        let ok = ctx.kafka.refresh().await;
         if ok != ctx.kafka_reachable.swap(ok, Ordering::AcqRel) {
             tracing::info!(reachable = ok, "kafka reachability changed");
         }
+    }
+}
+
+/// Closes streams whose client stopped reading: a write that has not
+/// finished within the write timeout. Checked for every stream a few times
+/// per timeout, so a stalled client holds its slot, its registry entry and
+/// its queue for at most about 1.25 times the timeout.
+async fn stalled_writers(ctx: Arc<NodeContext>) {
+    let timeout = ctx.config.write_timeout;
+    let every = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let registry = ctx.registry.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let now = std::time::Instant::now();
+            for connection in registry.connections() {
+                if connection.queue.is_stalled(now, timeout) && connection.kill() {
+                    registry.metrics.stalled_disconnects.inc();
+                }
+            }
+        })
+        .await;
     }
 }
 
@@ -487,6 +614,7 @@ fn come_back_later(ctx: &NodeContext, why: &str) -> Response<HttpBody> {
 async fn handle(
     ctx: Arc<NodeContext>,
     peer: SocketAddr,
+    transport: CancellationToken,
     req: Request<Incoming>,
 ) -> Result<Response<HttpBody>, Infallible> {
     let path = req.uri().path().to_owned();
@@ -504,9 +632,18 @@ async fn handle(
             return Ok(preflight(&ctx, req.headers()));
         }
         (Method::GET, "/v1/events") => match events(&ctx, peer, req.uri(), req.headers()).await {
-            Ok(body) => sse_headers(StatusCode::OK)
-                .body(body.boxed())
-                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed())),
+            Ok(body) => {
+                body.connection.close_transport_with(transport);
+                let mut head = sse_headers(StatusCode::OK);
+                if req.version() < Version::HTTP_2 {
+                    // A stream that ends ends its connection, as on the h1
+                    // path: no pipelined request is answered after it, and
+                    // the reconnect goes through the load balancer again.
+                    head = head.header(header::CONNECTION, "close");
+                }
+                head.body(body.boxed())
+                    .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+            }
             Err(response) => response,
         },
         (Method::POST, p) if p.starts_with("/v1/topics/") => {
@@ -522,15 +659,13 @@ async fn handle(
             .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
             .body(Full::new(Bytes::from_static(PAGE.as_bytes())).boxed())
             .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed())),
-        (Method::GET, "/healthz") => {
-            json_response(StatusCode::OK, json!({"status": "ok"}).to_string())
-        }
-        (Method::GET, "/readyz") => readiness(&ctx),
-        (Method::GET, "/metrics") => Response::builder()
-            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-            .body(Full::new(Bytes::from(ctx.registry.metrics.render())).boxed())
-            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed())),
-        (Method::GET, "/v1/stats") => json_response(StatusCode::OK, stats(&ctx).to_string()),
+        (Method::GET, "/metrics" | "/v1/stats") => match authorize_operations(&ctx, &req) {
+            Ok(()) => operations(&ctx, &path)
+                .unwrap_or_else(|| error_response(&ctx, &ApiError::NotFound(path.clone()))),
+            Err(e) => error_response(&ctx, &e),
+        },
+        (Method::GET, p @ ("/healthz" | "/readyz")) => operations(&ctx, p)
+            .unwrap_or_else(|| error_response(&ctx, &ApiError::NotFound(path.clone()))),
         (_, "/v1/events" | "/healthz" | "/readyz" | "/metrics" | "/v1/stats" | "/") => {
             error_response(&ctx, &ApiError::MethodNotAllowed(method.to_string()))
         }
@@ -640,9 +775,10 @@ async fn events(
     };
     let deadline = stream_deadline(ctx, grant.as_ref());
     match subscribe::open(ctx, request, peer).await {
-        Ok(sub) => Ok(SseBody {
-            connection: sub.connection.clone(),
+        Ok(opened) => Ok(SseBody {
+            connection: opened.sub.connection.clone(),
             registry: ctx.registry.clone(),
+            starting: opened.rest,
             deadline: deadline.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
             deadline_reason: deadline.map_or("", |(_, why)| why),
             _ticket: ticket,
@@ -678,23 +814,22 @@ async fn h1_open(
 }
 
 /// When a stream must end: its token's `exp`, or the maximum lifetime.
+/// Claims are the signer's to choose: an `exp` too far ahead to be an
+/// instant of this clock is no deadline, never an overflow.
 fn stream_deadline(
     ctx: &NodeContext,
     grant: Option<&Grant>,
 ) -> Option<(tokio::time::Instant, &'static str)> {
     let now = tokio::time::Instant::now();
-    let exp = grant.and_then(|g| g.expires_at).map(|exp| {
-        let unix_now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        let left = (exp as f64 - unix_now).max(0.0);
-        (now + Duration::from_secs_f64(left), "token_expired")
+    let exp = grant.and_then(|g| g.expires_at).and_then(|exp| {
+        let at = UNIX_EPOCH.checked_add(Duration::from_secs(exp))?;
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        Some((now.checked_add(left)?, "token_expired"))
     });
     let lifetime = ctx
         .config
         .max_stream_lifetime
-        .map(|l| (now + l, "max_lifetime"));
+        .and_then(|l| Some((now.checked_add(l)?, "max_lifetime")));
     match (exp, lifetime) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
@@ -739,6 +874,9 @@ fn stats(ctx: &NodeContext) -> serde_json::Value {
 pub struct SseBody {
     connection: Arc<Connection>,
     registry: Arc<Registry>,
+    /// What opening the stream still has to do once the head is out (Kafka
+    /// look-ups); polled with the body, dropped when done.
+    starting: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
     /// Token expiry or maximum lifetime.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     deadline_reason: &'static str,
@@ -754,6 +892,11 @@ impl Body for SseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
+        if let Some(starting) = this.starting.as_mut() {
+            if starting.as_mut().poll(cx).is_ready() {
+                this.starting = None;
+            }
+        }
         if let Some(deadline) = this.deadline.as_mut() {
             if deadline.as_mut().poll(cx).is_ready() {
                 this.deadline = None;
@@ -779,6 +922,17 @@ impl Body for SseBody {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+impl SseBody {
+    /// Ready once the watchdog killed this stream for stalling.
+    pub fn poll_killed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.connection.queue.poll_killed(cx)
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.connection.queue.ended() == Some(End::Stalled)
     }
 }
 

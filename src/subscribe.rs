@@ -245,13 +245,46 @@ pub fn plan(request: &SubscribeRequest, partition_counts: &BTreeMap<String, i32>
     }
 }
 
-/// Opens a subscription: resolves topics, decodes the cursor, joins every
-/// slot. On error nothing stays registered.
+/// A subscription opened up to its response head, and what remains to do
+/// once the head is on its way.
+pub struct Opened {
+    pub sub: Arc<Subscriber>,
+    /// Kafka look-ups and joins that wait for the head (`None`: none left).
+    pub rest: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>>,
+}
+
+/// Where one slot starts, as far as it can be known before the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotBegin {
+    /// Joined already.
+    Joined,
+    /// A live start on a partition this node does not read yet: its high
+    /// watermark, read before the head (see [`open`]).
+    LiveFromHigh,
+    /// A cursor position the recent buffer cannot serve: checked against the
+    /// log (a gap?) after the head.
+    Cursor(i64),
+    Earliest,
+    Since,
+}
+
+/// Opens a subscription: resolves topics, decodes the cursor, pins every
+/// slot's partition and joins what can be joined without Kafka.
+///
+/// Kafka is asked as little as possible before the response head, because
+/// a node that dies after taking a request but before answering it makes a
+/// browser's EventSource give up for good (a proxy in front answers 502).
+/// Partition counts come from the node's topic table; resumes, `from=` and
+/// `since=` are resolved after the head. The one look-up that must come
+/// first is a live start on a partition this node does not read yet:
+/// "live" promises every record produced after the client saw the head, so
+/// the start (the high watermark) must be read before the head goes out.
+/// Those are read in one batch. On error nothing stays registered.
 pub async fn open(
-    node: &NodeContext,
+    node: &Arc<NodeContext>,
     request: SubscribeRequest,
     peer: std::net::SocketAddr,
-) -> Result<Arc<Subscriber>, ApiError> {
+) -> Result<Opened, ApiError> {
     let mut counts = BTreeMap::new();
     for s in &request.selectors {
         if counts.contains_key(&s.topic) {
@@ -266,6 +299,13 @@ pub async fn open(
         }
     }
     let plan = plan(&request, &counts);
+    if plan.slots.len() > node.config.max_stream_partitions {
+        return Err(ApiError::BadRequest(format!(
+            "these selectors need {} partitions; a stream may read at most {} (--max-stream-partitions): split them over several streams or subscribe to keys",
+            plan.slots.len(),
+            node.config.max_stream_partitions
+        )));
+    }
     let cursor = match &request.start {
         Start::Cursor(text) => Some(
             Cursor::decode(text, plan.fingerprint, plan.slots.len())
@@ -289,83 +329,181 @@ pub async fn open(
     sub.connection
         .queue
         .push(&[&sse::retry(node.config.retry_ms)], None, &mut wakers);
-    if let Some(c) = &cursor {
-        for (slot, &p) in c.positions.iter().enumerate() {
-            sub.set_position(slot, p);
+    // Every slot's position is fixed before any slot joins: once one slot
+    // delivers, each event's id carries every slot's position, and a resume
+    // from it must skip nothing the other slots have not delivered yet.
+    let begins: Vec<SlotBegin> = (0..sub.shape.slots.len())
+        .map(|slot| {
+            let log = &sub.shape.slots[slot].log;
+            match (&request.start, &cursor) {
+                (Start::Cursor(_), Some(c)) => {
+                    let wanted = c.positions[slot];
+                    sub.set_position(slot, wanted);
+                    if log.serves_from_memory(wanted) && wanted <= log.live() {
+                        SlotBegin::Joined
+                    } else {
+                        SlotBegin::Cursor(wanted)
+                    }
+                }
+                (Start::Earliest, _) => SlotBegin::Earliest,
+                (Start::Since(_), _) => SlotBegin::Since,
+                (Start::Live | Start::Cursor(_), _) if log.is_assigned() => SlotBegin::Joined,
+                (Start::Live | Start::Cursor(_), _) => SlotBegin::LiveFromHigh,
+            }
+        })
+        .collect();
+    let cold: Vec<usize> = (0..begins.len())
+        .filter(|&i| begins[i] == SlotBegin::LiveFromHigh)
+        .collect();
+    let mut highs = BTreeMap::new();
+    if !cold.is_empty() {
+        let marks = node
+            .kafka
+            .watermarks(cold.iter().map(|&i| partition_of(&sub, i)).collect())
+            .await
+            .map_err(|e| ApiError::Kafka(e.to_string()))?;
+        for (&slot, w) in cold.iter().zip(marks) {
+            sub.set_position(slot, w.high);
+            highs.insert(slot, w.high);
         }
     }
-    let since_offsets = match request.start {
-        Start::Since(ms) => Some(
+    let mut begins = begins;
+    for (slot, begin) in begins.iter_mut().enumerate() {
+        let at = match (*begin, &cursor) {
+            (SlotBegin::LiveFromHigh, _) => {
+                let high = highs.get(&slot).copied().unwrap_or_default();
+                start_at_high(node, &sub, slot, high);
+                *begin = SlotBegin::Joined;
+                SlotStart::At(high)
+            }
+            (SlotBegin::Joined, Some(c)) => SlotStart::At(c.positions[slot]),
+            (SlotBegin::Joined, None) => SlotStart::Live,
+            _ => continue,
+        };
+        join(node, &sub, slot, at, &mut wakers);
+    }
+    let sub = guard.keep();
+    if begins.iter().all(|b| *b == SlotBegin::Joined) {
+        // The start position as an id, before any record: a client cut off
+        // before its first record resumes from here, not from "now".
+        node.registry.send_cursor(&sub, &mut wakers);
+        return Ok(Opened { sub, rest: None });
+    }
+    let since = match request.start {
+        Start::Since(ms) => Some(ms),
+        _ => None,
+    };
+    let rest = {
+        let (node, sub) = (node.clone(), sub.clone());
+        Box::pin(async move {
+            if let Err(e) = open_after_head(&node, &sub, &begins, since).await {
+                tracing::warn!(error = %e, "subscribe failed on Kafka; asking the client to retry");
+                let jitter =
+                    rand::Rng::gen_range(&mut rand::thread_rng(), 0..=node.config.retry_ms.max(1));
+                sub.connection.queue.end(
+                    crate::queue::End::Unavailable,
+                    Some(sse::retry(node.config.retry_ms + jitter)),
+                );
+            }
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>
+    };
+    Ok(Opened {
+        sub,
+        rest: Some(rest),
+    })
+}
+
+/// The slots whose start needs Kafka, once the head has gone out: every one
+/// of them is checked against its partition's watermarks in one batch.
+async fn open_after_head(
+    node: &NodeContext,
+    sub: &Arc<Subscriber>,
+    begins: &[SlotBegin],
+    since: Option<i64>,
+) -> Result<(), ApiError> {
+    let waiting: Vec<usize> = (0..begins.len())
+        .filter(|&i| begins[i] != SlotBegin::Joined)
+        .collect();
+    let partitions: Vec<(Arc<str>, i32)> = waiting.iter().map(|&i| partition_of(sub, i)).collect();
+    let marks = node
+        .kafka
+        .watermarks(partitions.clone())
+        .await
+        .map_err(|e| ApiError::Kafka(e.to_string()))?;
+    let times = match since {
+        Some(ms) => Some(
             node.kafka
-                .offsets_for_time(&sub, ms)
+                .offsets_for_time(partitions, ms)
                 .await
                 .map_err(|e| ApiError::Kafka(e.to_string()))?,
         ),
-        _ => None,
+        None => None,
     };
-    for slot in 0..sub.shape.slots.len() {
-        let log = sub.shape.slots[slot].log.clone();
-        let start = match (&request.start, &cursor, &since_offsets) {
-            (Start::Cursor(_), Some(c), _) => {
-                let wanted = c.positions[slot];
-                if log.serves_from_memory(wanted) && wanted <= log.live() {
-                    SlotStart::At(wanted)
-                } else {
-                    let w = node
-                        .kafka
-                        .watermarks(&log.topic, log.partition)
-                        .await
-                        .map_err(|e| ApiError::Kafka(e.to_string()))?;
-                    if wanted < w.low || wanted > w.high {
-                        // Retention passed it, or the topic was recreated.
-                        node.registry.metrics.gaps.inc();
-                        push_gap(&sub, slot, wanted, w.low, &mut wakers);
-                        SlotStart::At(w.low)
-                    } else {
-                        SlotStart::At(wanted)
-                    }
-                }
+    let mut wakers = Wakers::default();
+    // All positions first, then the joins (see `open`).
+    let mut starts = Vec::with_capacity(waiting.len());
+    for (n, (&slot, w)) in waiting.iter().zip(marks).enumerate() {
+        let at = match begins[slot] {
+            SlotBegin::Cursor(wanted) if wanted < w.low || wanted > w.high => {
+                // Retention passed it, or the topic was recreated.
+                node.registry.metrics.gaps.inc();
+                push_gap(sub, slot, wanted, w.low, &mut wakers);
+                w.low
             }
-            (Start::Earliest, _, _) => {
-                let w = node
-                    .kafka
-                    .watermarks(&log.topic, log.partition)
-                    .await
-                    .map_err(|e| ApiError::Kafka(e.to_string()))?;
-                SlotStart::At(w.low)
-            }
-            (Start::Since(_), _, Some(offsets)) => SlotStart::At(offsets[slot]),
-            _ => SlotStart::Live,
+            SlotBegin::Cursor(wanted) => wanted,
+            SlotBegin::Earliest => w.low,
+            SlotBegin::Since => times
+                .as_ref()
+                .and_then(|t| t.get(n).copied())
+                .unwrap_or(w.high),
+            SlotBegin::LiveFromHigh => w.high,
+            SlotBegin::Joined => continue,
         };
-        loop {
-            match node.registry.join(&sub, slot, start, &mut wakers) {
-                Join::Joined => break,
-                Join::NeedsCatchup(_) => {
-                    node.catchup.enqueue(sub.clone(), slot);
-                    break;
-                }
-                Join::NeedsStart => {
-                    let offset = match start {
-                        SlotStart::At(p) => p,
-                        SlotStart::Live => {
-                            node.kafka
-                                .watermarks(&log.topic, log.partition)
-                                .await
-                                .map_err(|e| ApiError::Kafka(e.to_string()))?
-                                .high
-                        }
-                    };
-                    if node.registry.start_partition(&log, offset) {
-                        node.ingest.assign(log.clone());
-                    }
-                }
-            }
+        sub.set_position(slot, at);
+        starts.push((slot, at, w.high));
+    }
+    for (slot, at, high) in starts {
+        start_at_high(node, sub, slot, high);
+        join(node, sub, slot, SlotStart::At(at), &mut wakers);
+    }
+    node.registry.send_cursor(sub, &mut wakers);
+    Ok(())
+}
+
+fn partition_of(sub: &Subscriber, slot: usize) -> (Arc<str>, i32) {
+    let log = &sub.shape.slots[slot].log;
+    (log.topic.clone(), log.partition)
+}
+
+/// Makes sure the node reads `slot`'s partition. A partition it does not
+/// read yet starts at its high watermark, never at an older position a
+/// client asked for: the node's one consumer is shared, and what it reads
+/// from its start on reaches every live stream. Older positions are served
+/// by the catch-up readers.
+fn start_at_high(node: &NodeContext, sub: &Subscriber, slot: usize, high: i64) {
+    let log = &sub.shape.slots[slot].log;
+    if node.registry.start_partition(log, high) {
+        node.ingest.assign(log.clone());
+    }
+}
+
+/// Joins a slot whose partition has been started: live at once, or through
+/// the catch-up readers when its position is older than the recent buffer.
+fn join(
+    node: &NodeContext,
+    sub: &Arc<Subscriber>,
+    slot: usize,
+    at: SlotStart,
+    wakers: &mut Wakers,
+) {
+    match node.registry.join(sub, slot, at, wakers) {
+        Join::Joined => {}
+        Join::NeedsCatchup(_) => node.catchup.enqueue(sub.clone(), slot),
+        Join::NeedsStart => {
+            // Started by the caller: a partition is never unstarted while pinned.
+            tracing::error!(topic = %sub.shape.slots[slot].log.topic, "joined a partition that was not started");
         }
     }
-    // The start position as an id, before any record: a client cut off
-    // before its first record resumes from here, not from "now".
-    node.registry.send_cursor(&sub, &mut wakers);
-    Ok(guard.keep())
 }
 
 /// Unregisters a half-opened subscription if opening fails.
