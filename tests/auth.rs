@@ -53,6 +53,7 @@ fn auth_config() -> Config {
     c.auth_public_keys = vec![key("rsa-public.pem"), key("ec-public.pem")];
     c.auth_issuer = Some("herald-tests".into());
     c.auth_audience = Some("herald".into());
+    c.ops_listen = Some("127.0.0.1:0".parse().expect("address"));
     c
 }
 
@@ -282,7 +283,13 @@ async fn tenants_see_nothing_of_each_other_live_replayed_or_forged() {
         sb.next_data(SECS_10).await.and_then(|e| e.data).as_deref(),
         Some("b-live")
     );
-    assert!(sa.next_data(Duration::from_millis(300)).await.is_none());
+    let sentinels = produce_sentinels(&p, "tenant-a.orders", 4, "live").await;
+    expect_only(
+        &mut sa,
+        &sentinels,
+        "tenant b's record on tenant a's stream",
+    )
+    .await;
     // Tenant a asks for b's topic: refused, whatever the cursor.
     let r = open_as(
         a.clone(),
@@ -316,13 +323,17 @@ async fn tenants_see_nothing_of_each_other_live_replayed_or_forged() {
     )
     .await;
     assert_eq!(s.status, 200, "{}", s.body);
-    let got = s.take(21, SECS_10).await;
+    // Tenant a's 20 records, its live one and the 4 sentinels, replayed.
+    let got = s.take(25, SECS_10).await;
     assert!(
-        got.iter()
-            .all(|e| e.data.as_deref().is_some_and(|d| d.starts_with('a'))),
+        got.iter().all(|e| e
+            .data
+            .as_deref()
+            .is_some_and(|d| d.starts_with('a') || d.starts_with("sentinel:live"))),
         "0 deliveries across tenants"
     );
-    assert!(s.next_data(Duration::from_millis(300)).await.is_none());
+    let sentinels = produce_sentinels(&p, "tenant-a.orders", 4, "forged").await;
+    expect_only(&mut s, &sentinels, "a record beyond tenant a's own").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,6 +456,197 @@ async fn publishing_needs_a_publish_grant_and_anonymous_topics_need_none() {
         }
     }
     assert!(reason.is_some_and(|r| r.contains("max_lifetime")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_token_publishes_only_from_an_allowed_origin_and_a_bearer_from_anywhere() {
+    let mut c = auth_config();
+    c.cors_origins = vec!["https://app.example".into(), "*".into()];
+    let node = node_with(c).await;
+    node.create_topic("orders", 1).await.expect("topic");
+    let addr = node.local_addr();
+    let token = sign(Algorithm::HS256, &claims(&["orders"], &["orders"]));
+    let cookie = format!("herald_token={token}");
+    let bearer = format!("Bearer {token}");
+    let own_page = format!("http://{addr}");
+    let post = |headers: Vec<(&'static str, String)>, value: &'static str| async move {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        http(
+            addr,
+            "POST",
+            "/v1/topics/orders",
+            &h,
+            bytes::Bytes::from_static(value.as_bytes()),
+        )
+        .await
+        .status()
+        .as_u16()
+    };
+    let evil = || ("origin", "https://evil.example".to_string());
+    // What a page on any site can make a browser send: the cookie rides along.
+    assert_eq!(
+        post(vec![("cookie", cookie.clone()), evil()], "from-evil").await,
+        403
+    );
+    assert_eq!(
+        post(vec![("cookie", cookie.clone())], "no-origin").await,
+        403
+    );
+    assert_eq!(
+        post(
+            vec![("cookie", cookie.clone()), ("origin", "null".into())],
+            "null-origin"
+        )
+        .await,
+        403
+    );
+    // The allowed origin and the node's own page may.
+    assert_eq!(
+        post(
+            vec![
+                ("cookie", cookie.clone()),
+                ("origin", "https://app.example".into())
+            ],
+            "app"
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        post(
+            vec![("cookie", cookie.clone()), ("origin", own_page)],
+            "own-page"
+        )
+        .await,
+        200
+    );
+    // A bearer token is never attached by a browser on its own: any origin.
+    assert_eq!(
+        post(vec![("authorization", bearer.clone()), evil()], "bearer").await,
+        200
+    );
+    assert_eq!(
+        post(vec![("authorization", bearer.clone())], "sentinel").await,
+        200
+    );
+    // Exactly the allowed writes reached Kafka.
+    let mut s = open(
+        addr,
+        &format!(
+            "{}&access_token={token}",
+            events_path(&["orders"], "from=earliest")
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    let got: Vec<String> = s
+        .take(4, SECS_10)
+        .await
+        .into_iter()
+        .filter_map(|e| e.data)
+        .collect();
+    assert_eq!(got, ["app", "own-page", "bearer", "sentinel"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expires_at_the_end_of_time_is_served_without_a_panic() {
+    let node = node_with(auth_config()).await;
+    node.create_topic("forever", 1).await.expect("topic");
+    let addr = node.local_addr();
+    let p = producer(node.bootstrap_servers());
+    for exp in [u64::MAX, u64::MAX / 2, i64::MAX as u64] {
+        let mut c = claims(&["forever"], &[]);
+        c["exp"] = json!(exp);
+        let token = sign(Algorithm::HS256, &c);
+        let mut s = open(
+            addr,
+            &format!("{}&access_token={token}", events_path(&["forever"], "")),
+            None,
+        )
+        .await;
+        assert_eq!(s.status, 200, "exp {exp}: {}", s.body);
+        let value = format!("exp-{exp}");
+        produce(&p, "forever", None, value.as_bytes()).await;
+        assert_eq!(
+            s.next_data(SECS_10).await.and_then(|e| e.data),
+            Some(value),
+            "exp {exp}: the stream is served"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_views_need_an_ops_grant_on_the_public_port_and_nothing_on_their_own() {
+    let node = node_with(auth_config()).await;
+    node.create_topic("secret-keys", 1).await.expect("topic");
+    let addr = node.local_addr();
+    let ops = node.ops_addr().expect("an operations listener");
+    let reader = sign(Algorithm::HS256, &claims(&["secret-keys"], &[]));
+    let mut operator = claims(&[], &[]);
+    operator["herald"]["ops"] = json!(true);
+    let operator = sign(Algorithm::HS256, &operator);
+    // Someone reads a key, which /v1/stats would name.
+    let s = open(
+        addr,
+        &format!(
+            "{}&access_token={reader}",
+            events_path(&["secret-keys/alice"], "")
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    for path in ["/metrics", "/v1/stats"] {
+        let (status, body) = status_with(addr, path, &[]).await;
+        assert_eq!(
+            (status, code(&body).as_str()),
+            (401, "unauthorized"),
+            "{path}"
+        );
+        let bearer = format!("Bearer {reader}");
+        let (status, body) = status_with(addr, path, &[("authorization", &bearer)]).await;
+        assert_eq!((status, code(&body).as_str()), (403, "forbidden"), "{path}");
+        let bearer = format!("Bearer {operator}");
+        let (status, _) = request_with(addr, path, &[("authorization", &bearer)]).await;
+        assert_eq!(status, 200, "{path} with the ops grant");
+        let (status, body) = request(ops, "GET", path, b"").await;
+        assert_eq!(status, 200, "{path} on the operations listener: {body}");
+    }
+    let (_, body) = request(ops, "GET", "/v1/stats", b"").await;
+    assert!(body.contains("secret-keys/alice"), "{body}");
+    // Probes stay public; the operations listener serves nothing else.
+    assert_eq!(request(addr, "GET", "/healthz", b"").await.0, 200);
+    assert_eq!(request(addr, "GET", "/readyz", b"").await.0, 200);
+    assert_eq!(request(ops, "GET", "/readyz", b"").await.0, 200);
+    assert_eq!(
+        request(ops, "GET", "/v1/events?topic=secret-keys", b"")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        request(ops, "POST", "/v1/topics/secret-keys", b"x").await.0,
+        405
+    );
+}
+
+/// GET with headers, whole body as text (for answers that end).
+async fn request_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let resp = http(addr, "GET", path, headers, bytes::Bytes::new()).await;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -636,14 +838,17 @@ async fn slowloris_connections_are_closed_while_normal_clients_get_through() {
     let node = node_with(c).await;
     let addr = node.local_addr();
     let mut tasks = tokio::task::JoinSet::new();
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for i in 0..1000u32 {
         let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % 4) as u8);
+        let counted = started.clone();
         tasks.spawn(async move {
             let socket = tokio::net::TcpSocket::new_v4().expect("socket");
             socket.bind((source, 0).into()).expect("bind");
             let mut s = socket.connect(addr).await.expect("connect");
             let started = Instant::now();
             let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+            counted.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             let mut buf = [0u8; 64];
             loop {
                 // One header byte every 500 ms, until the server hangs up.
@@ -658,9 +863,11 @@ async fn slowloris_connections_are_closed_while_normal_clients_get_through() {
         });
     }
     // Meanwhile a normal client is served promptly.
-    wait_for("the slow connections are open", SECS_10, || async {
-        tasks.len() == 1000
-    })
+    wait_for(
+        "the slow connections are open and have sent their first bytes",
+        SECS_10,
+        || async { started.load(std::sync::atomic::Ordering::Acquire) == 1000 },
+    )
     .await;
     let t = Instant::now();
     let (status, _) = request(addr, "GET", "/healthz", b"").await;

@@ -423,3 +423,181 @@ async fn a_minute_without_any_broker_keeps_connections_and_loses_nothing() {
     println!("outage: 60 s without the broker, connections {before:?} kept, all 40 clients complete {:?} after production resumed", resumed.elapsed());
     drop(proxy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_address_limit_counts_the_address_haproxy_saw_not_the_clients_claim() {
+    let mut c = config();
+    c.max_connections_per_ip = 2;
+    c.trusted_proxy_header = Some("x-forwarded-for".into());
+    let node = node_with(c).await;
+    node.create_topic("limited", 1).await.expect("topic");
+    let proxy = Haproxy::start(&[node.local_addr()]).await;
+    let path = events_path(&["limited"], "");
+    let mut held = Vec::new();
+    for i in 0..3 {
+        // Each request claims another address; HAProxy appends the real one.
+        let claim = format!("10.0.0.{i}");
+        let resp = http(
+            proxy.addr,
+            "GET",
+            &path,
+            &[("x-forwarded-for", &claim)],
+            bytes::Bytes::new(),
+        )
+        .await;
+        held.push(resp.status().as_u16());
+        std::mem::forget(resp); // keep the stream open
+    }
+    assert_eq!(
+        held,
+        [200, 200, 429],
+        "the third stream from 127.0.0.1 is refused"
+    );
+}
+
+/// The browser side of the reconnect-wave test: real EventSources in
+/// headless Chromium (tests/browser/wave.mjs), driven over stdin/stdout.
+struct Browsers {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Browsers {
+    async fn start(port: u16, pages: usize, per_page: usize, topic: &str) -> Browsers {
+        use tokio::io::AsyncBufReadExt;
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+        let mut child = tokio::process::Command::new("node")
+            .current_dir(&dir)
+            .args([
+                "wave.mjs",
+                &port.to_string(),
+                &pages.to_string(),
+                &per_page.to_string(),
+                topic,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs wave.mjs");
+        let stdin = child.stdin.take().expect("stdin");
+        let lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut b = Browsers {
+            child,
+            stdin,
+            lines,
+        };
+        assert_eq!(b.line().await, "ready");
+        b
+    }
+
+    async fn line(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(60), self.lines.next_line())
+            .await
+            .expect("wave.mjs answers")
+            .expect("read")
+            .expect("wave.mjs is running")
+    }
+
+    async fn report(&mut self) -> serde_json::Value {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(b"report\n").await.expect("write");
+        serde_json::from_str(&self.line().await).expect("JSON report")
+    }
+
+    async fn quit(mut self) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.stdin.write_all(b"quit\n").await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_lose_no_stream_when_a_node_dies_mid_handshake_in_a_reconnect_wave() {
+    const RETRY_MS: u64 = 3000;
+    let kafka = MockKafka::start();
+    kafka.create_topic("wave", 4);
+    let retry = RETRY_MS.to_string();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(
+            NodeProcess::start(&kafka.bootstrap, &format!("w{i}"), &["--retry-ms", &retry]).await,
+        );
+    }
+    let proxy = Haproxy::start(&nodes.iter().map(|n| n.addr).collect::<Vec<_>>()).await;
+    let mut browsers = Browsers::start(proxy.addr.port(), 5, 5, "wave").await;
+    let keys: Vec<String> = (0..25).map(|i| format!("k{i}")).collect();
+    let p = producer(&kafka.bootstrap);
+    let received = |report: &serde_json::Value, n: usize| {
+        keys.iter()
+            .all(|k| report[k]["values"].as_array().map(Vec::len) == Some(n))
+    };
+    produce_sequence(&p, "wave", &keys, 0..5, Duration::ZERO, "").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !received(&browsers.report().await, 5) {
+        assert!(
+            Instant::now() < deadline,
+            "first records: {}",
+            browsers.report().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut counts = Vec::new();
+    for n in &nodes {
+        counts.push(n.connections().await);
+    }
+    let victim = (0..3).max_by_key(|&i| counts[i]).unwrap_or(0);
+    assert!(counts[victim] > 0, "{counts:?}");
+    // The victim dies; its browsers come back RETRY_MS later, and the
+    // restarted (empty) victim is the node least connections picks for them.
+    // It freezes just before they arrive and dies just after: their requests
+    // reached a node that never answered. The sleeps place faults on the
+    // browsers' retry timer; they wait for no condition.
+    let cut = tokio::time::Instant::now();
+    nodes[victim].restart().await;
+    tokio::time::sleep_until(cut + Duration::from_millis(RETRY_MS - 300)).await;
+    nodes[victim].freeze();
+    tokio::time::sleep_until(cut + Duration::from_millis(RETRY_MS + 600)).await;
+    nodes[victim].restart().await;
+    produce_sequence(&p, "wave", &keys, 5..10, Duration::ZERO, "").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let report = browsers.report().await;
+        let closed: Vec<&String> = keys
+            .iter()
+            .filter(|k| report[k.as_str()]["closed"].as_bool() == Some(true))
+            .collect();
+        assert!(
+            closed.is_empty(),
+            "EventSource gave up for good on {} streams: {closed:?}",
+            closed.len()
+        );
+        if received(&report, 10) {
+            for k in &keys {
+                let expected: Vec<String> = (0..10).map(|s| format!("{k}:{s}")).collect();
+                let got: Vec<String> = report[k.as_str()]["values"]
+                    .as_array()
+                    .map(|v| {
+                        v.iter()
+                            .filter_map(|x| x.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                assert_eq!(got, expected, "{k}: every record once, in order");
+            }
+            let errors: u64 = keys
+                .iter()
+                .filter_map(|k| report[k.as_str()]["errors"].as_u64())
+                .sum();
+            println!("reconnect wave: 25 browser streams, {errors} reconnects, 0 closed, 0 lost (counts before {counts:?})");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all records arrived: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browsers.quit().await;
+}

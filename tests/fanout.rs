@@ -79,8 +79,16 @@ async fn keyed_subscription_gets_exactly_its_key_in_order() {
         .filter_map(|e| e.data)
         .collect();
     assert_eq!(got, expected);
-    // Nothing else arrives: other keys share the partition but not the stream.
-    assert!(s.next_data(Duration::from_millis(300)).await.is_none());
+    // Nothing else arrives: other keys share the partition but not the
+    // stream. Another key of that partition, then a sentinel on this key.
+    let partition = herald::partitioner::partition_for_key(b"match-7", 8);
+    let other = (0..)
+        .map(|i| format!("other-{i}"))
+        .find(|k| herald::partitioner::partition_for_key(k.as_bytes(), 8) == partition)
+        .unwrap_or_default();
+    produce(&p, "scores", Some(&other), b"not-for-you").await;
+    produce(&p, "scores", Some("match-7"), b"sentinel").await;
+    expect_only(&mut s, &["sentinel".to_string()], "a record of another key").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +111,11 @@ async fn several_selectors_on_one_connection() {
         .collect();
     got.sort();
     assert_eq!(got, vec!["a1", "a2", "b1"]);
-    assert!(s.next_data(Duration::from_millis(300)).await.is_none());
+    produce(&p, "b", Some("y"), b"b-other-2").await;
+    let mut sentinels = produce_sentinels(&p, "a", 4, "a").await;
+    produce(&p, "b", Some("x"), b"sentinel:b").await;
+    sentinels.push("sentinel:b".into());
+    expect_only(&mut s, &sentinels, "a record of b outside b/x").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -226,3 +226,33 @@ async fn a_client_that_leaves_is_unregistered_and_a_silent_one_times_out() {
     assert!(all.is_empty(), "{all}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_served_by_hyper_closes_its_connection_when_it_ends() {
+    let mut c = config();
+    c.max_stream_lifetime = Some(Duration::from_millis(300));
+    let node = node_with(c).await;
+    node.create_topic("short", 1).await.expect("topic");
+    // A stream request with a pipelined request behind it: hyper serves the
+    // stream; when the stream ends the connection must end too, and the
+    // request behind it is never answered.
+    let mut s = send(
+        node.local_addr(),
+        b"GET /v1/events?topic=short HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        4096,
+    )
+    .await;
+    let all = read_to_close(&mut s, SECS_10)
+        .await
+        .expect("the server closes the connection when the stream ends");
+    assert!(all.contains("herald.expired"), "{all}");
+    assert_eq!(
+        all.matches("HTTP/1.1 200 OK").count(),
+        1,
+        "only the stream was answered: {all}"
+    );
+    assert!(
+        all.to_ascii_lowercase().contains("connection: close"),
+        "{all}"
+    );
+}

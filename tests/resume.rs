@@ -118,16 +118,15 @@ async fn resume_on_another_node_of_the_same_kafka() {
     let last = s.last_id.clone();
     drop(s);
     produce_sequence(&p, "shared", &ks, 10..15, Duration::ZERO, "").await;
-    // Node b has never read this topic: it starts the partitions at the cursor.
+    // Node b has never read this topic: it starts the partitions at their
+    // high watermarks and replays what the cursor lacks from Kafka.
     let mut s = open(b.local_addr(), &path, last.as_deref()).await;
     assert_eq!(s.status, 200, "{}", s.body);
     for e in s.take(16 * 15 - 70, SECS_10).await {
         v.see(e.data.as_deref().unwrap_or_default());
     }
-    assert!(
-        s.next_data(Duration::from_millis(300)).await.is_none(),
-        "no duplicate after the end"
-    );
+    let sentinels = produce_sentinels(&p, "shared", 8, "b").await;
+    expect_only(&mut s, &sentinels, "a duplicate after the end").await;
     // And back to a, which has moved on meanwhile.
     let last = s.last_id.clone();
     drop(s);
@@ -216,17 +215,6 @@ async fn a_cursor_below_the_log_start_yields_an_explicit_gap() {
     );
 }
 
-/// Opens a stream whose client reads nothing (tiny receive buffer).
-async fn stalled_client(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    let mut stream = socket.connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.expect("request");
-    stream
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_is_cut_off_and_resumes_with_nothing_lost() {
     let mut c = config();
@@ -236,7 +224,7 @@ async fn a_slow_reader_is_cut_off_and_resumes_with_nothing_lost() {
     let addr = node.local_addr();
     let path = events_path(&["firehose"], "");
     let mut fast = open(addr, &path, None).await;
-    let mut slow = stalled_client(addr, &path).await;
+    let mut slow = stalled_client(addr, &path, "HTTP/1.0", b"").await;
     wait_for("both streams registered", SECS_10, || async {
         stats(&node).await["connections"] == 2
     })
@@ -246,8 +234,11 @@ async fn a_slow_reader_is_cut_off_and_resumes_with_nothing_lost() {
     let producing = {
         let p = producer(node.bootstrap_servers());
         let ks = ks.clone();
+        // Paced at about 4 MB/s: a reader that reads keeps up even in a
+        // debug build, while one that never reads passes its 256 KiB bound
+        // within a tenth of a second.
         tokio::spawn(async move {
-            produce_sequence(&p, "firehose", &ks, 0..1000, Duration::ZERO, &pad).await
+            produce_sequence(&p, "firehose", &ks, 0..1000, Duration::from_millis(2), &pad).await
         })
     };
     // The fast reader keeps up and is never cut.
@@ -321,7 +312,8 @@ async fn a_slow_reader_is_cut_off_and_resumes_with_nothing_lost() {
 async fn mass_resume_uses_a_bounded_pool_of_catchup_readers() {
     let mut c = config();
     c.replay_buffer_records = 8; // force reads from Kafka
-    c.catchup_readers = 2;
+                                 // More readers than partitions: at most one may read each partition.
+    c.catchup_readers = 16;
     let node = node_with(c).await;
     node.create_topic("mass", 8).await.expect("topic");
     let addr = node.local_addr();
@@ -391,8 +383,8 @@ async fn mass_resume_uses_a_bounded_pool_of_catchup_readers() {
     }
     let took = resumed_at.elapsed();
     assert!(
-        max_readers <= 2.0,
-        "catch-up readers stayed within the pool ({max_readers})"
+        max_readers <= 8.0,
+        "at most one catch-up reader per partition, of a pool of 16 ({max_readers})"
     );
     let reads = metric(&node, "herald_catchup_kafka_reads_total").await;
     assert!(reads >= 1.0, "the old positions were read from Kafka");

@@ -161,8 +161,14 @@ pub async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
     serde_json::from_str(&body).expect("json")
 }
 
+/// Where a node serves its operations views: its operations listener when
+/// it has one (nodes with auth on keep them off the public port).
+pub fn ops_addr(node: &Node) -> SocketAddr {
+    node.ops_addr().unwrap_or_else(|| node.local_addr())
+}
+
 pub async fn stats(node: &Node) -> serde_json::Value {
-    get_json(node.local_addr(), "/v1/stats").await
+    get_json(ops_addr(node), "/v1/stats").await
 }
 
 /// The (topic, partition) pairs a node has assigned.
@@ -184,7 +190,7 @@ pub async fn assigned(node: &Node) -> Vec<(String, i64)> {
 }
 
 pub async fn metric(node: &Node, name: &str) -> f64 {
-    let (_, body) = request(node.local_addr(), "GET", "/metrics", b"").await;
+    let (_, body) = request(ops_addr(node), "GET", "/metrics", b"").await;
     body.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -354,9 +360,14 @@ impl Parser {
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<Item> {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
-        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.buf.drain(..=nl).collect();
-            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+        // Lines are read in place and the buffer is shifted once per chunk:
+        // draining it line by line costs quadratic time on large chunks, and
+        // makes this "fast" reader too slow for the node's queue bound.
+        let buf = std::mem::take(&mut self.buf);
+        let mut start = 0;
+        while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&buf[start..start + nl]).into_owned();
+            start += nl + 1;
             if line.is_empty() {
                 if self.data.is_some()
                     || self.id.is_some()
@@ -396,6 +407,8 @@ impl Parser {
                 _ => {}
             }
         }
+        self.buf = buf;
+        self.buf.drain(..start);
         out
     }
 }
@@ -770,6 +783,22 @@ impl NodeProcess {
         self.spawn().await;
     }
 
+    /// SIGSTOP: the process keeps its sockets (the kernel still accepts
+    /// connections for it) but answers nothing, like a node in its last
+    /// moments. A later `kill` or `restart` ends it.
+    pub fn freeze(&self) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(|c| c.id())
+            .expect("a running node");
+        let status = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "SIGSTOP {pid}");
+    }
+
     pub async fn connections(&self) -> i64 {
         let (status, body) = request(self.addr, "GET", "/v1/stats", b"").await;
         assert_eq!(status, 200, "{body}");
@@ -836,5 +865,85 @@ impl Haproxy {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+}
+
+/// Opens an event stream whose client reads nothing: a 4 KiB receive
+/// buffer, and the request head written raw, followed by `after_head`
+/// (a byte there sends the stream down hyper's path instead of `h1`'s).
+pub async fn stalled_client(
+    addr: SocketAddr,
+    path: &str,
+    version: &str,
+    after_head: &[u8],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let mut req = format!("GET {path} {version}\r\nHost: t\r\n\r\n").into_bytes();
+    req.extend_from_slice(after_head);
+    stream.write_all(&req).await.expect("request");
+    stream
+}
+
+/// The node's open streams, from `/v1/stats`.
+pub async fn connections(node: &Node) -> i64 {
+    stats(node).await["connections"].as_i64().unwrap_or(-1)
+}
+
+/// Reads a raw connection until the server closes it (EOF or reset), or
+/// `timeout` passes. True if it was closed.
+pub async fn closed_by_server(stream: &mut tokio::net::TcpStream, timeout: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Produces one record to each partition of `topic`, values
+/// `sentinel:<tag>:<partition>`, after everything else. A stream reading the
+/// topic that has received all of them has also received everything it ever
+/// will of what was produced before (each partition is delivered in order).
+pub async fn produce_sentinels(
+    p: &FutureProducer,
+    topic: &str,
+    partitions: i32,
+    tag: &str,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for partition in 0..partitions {
+        let value = format!("sentinel:{tag}:{partition}");
+        p.send(
+            FutureRecord::<(), _>::to(topic)
+                .partition(partition)
+                .payload(&value),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce a sentinel to {topic}/{partition}: {e}"));
+        out.push(value);
+    }
+    out
+}
+
+/// Reads until every value of `sentinels` arrived; panics if any other
+/// data arrives first: `what` says what must not have arrived.
+pub async fn expect_only(s: &mut Stream, sentinels: &[String], what: &str) {
+    let mut waiting: std::collections::HashSet<&str> =
+        sentinels.iter().map(String::as_str).collect();
+    while !waiting.is_empty() {
+        let e = s
+            .next_data(SECS_10)
+            .await
+            .unwrap_or_else(|| panic!("sentinels {waiting:?} did not arrive"));
+        let d = e.data.unwrap_or_default();
+        assert!(waiting.remove(d.as_str()), "{what}: got {d:?}");
     }
 }
