@@ -71,23 +71,42 @@ pub async fn read_head(
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Head::Gone,
             Ok(Ok(_)) => {}
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&buf) {
-            Ok(httparse::Status::Partial) => continue,
-            Ok(httparse::Status::Complete(len)) => {
-                // Bytes after the head (a body, a pipelined request) are
-                // hyper's business; so is anything not a plain stream request.
-                let parts = (len == buf.len())
-                    .then(|| event_request(&request, max_target))
-                    .flatten();
-                return match parts {
-                    Some(parts) => Head::Events(parts),
-                    None => Head::Other(buf.freeze()),
-                };
-            }
-            Err(_) => return Head::Other(buf.freeze()), // HTTP/2 preface, or hyper's 400
+        match parse_head(&buf, max_target) {
+            Parsed::Partial => continue,
+            Parsed::Events(parts) => return Head::Events(parts),
+            Parsed::Other => return Head::Other(buf.freeze()),
         }
+    }
+}
+
+/// What the bytes read so far are.
+pub enum Parsed {
+    /// Not a whole head yet.
+    Partial,
+    /// A whole event-stream request head, and nothing after it.
+    Events(http::request::Parts),
+    /// Anything else: hyper's to answer.
+    Other,
+}
+
+/// Parses the first bytes of a connection. Pure, so that it can be fuzzed.
+pub fn parse_head(buf: &[u8], max_target: usize) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Ok(httparse::Status::Complete(len)) => {
+            // Bytes after the head (a body, a pipelined request) are
+            // hyper's business; so is anything not a plain stream request.
+            let parts = (len == buf.len())
+                .then(|| event_request(&request, max_target))
+                .flatten();
+            match parts {
+                Some(parts) => Parsed::Events(parts),
+                None => Parsed::Other,
+            }
+        }
+        Err(_) => Parsed::Other, // HTTP/2 preface, or hyper's 400
     }
 }
 
