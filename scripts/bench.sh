@@ -45,13 +45,13 @@ BIN="$HERALD_TARGET_DIR/release"
 if [[ $SMOKE -eq 1 ]]; then
   bash scripts/install-deps.sh build
   log "building herald, herald-bench (release)"
-  cargo build --release "${lock[@]}" --bin herald --bin herald-bench
+  cargo build --release "${lock[@]}" -p herald -p herald-bench --bin herald --bin herald-bench
   exec "$BIN/herald-bench" smoke
 fi
 
 bash scripts/install-deps.sh build bench
 log "building herald, herald-bench, herald-baseline (release)"
-cargo build --release "${lock[@]}" --bin herald --bin herald-bench --bin herald-baseline
+cargo build --release "${lock[@]}" -p herald -p herald-bench
 
 OUT="${OUT:-$HERALD_TARGET_DIR/bench/$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$OUT"

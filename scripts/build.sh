@@ -8,4 +8,4 @@ cd "$HERALD_ROOT"
 
 bash scripts/install-deps.sh build
 mapfile -t lock < <(cargo_lock_flags)
-cargo build --release "${lock[@]}"
+cargo build --release --workspace "${lock[@]}"

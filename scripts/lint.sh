@@ -9,4 +9,4 @@ cd "$HERALD_ROOT"
 bash scripts/install-deps.sh build
 cargo fmt --all --check
 mapfile -t lock < <(cargo_lock_flags)
-cargo clippy --all-targets "${lock[@]}" -- -D warnings
+cargo clippy --workspace --all-targets "${lock[@]}" -- -D warnings

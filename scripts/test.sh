@@ -27,4 +27,4 @@ bash scripts/audit.sh
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 mapfile -t lock < <(cargo_lock_flags)
 # Full output, no filtering: --no-fail-fast reports every failing target.
-cargo test --all-targets --no-fail-fast "${lock[@]}"
+cargo test --workspace --all-targets --no-fail-fast "${lock[@]}"

@@ -79,13 +79,7 @@ pub async fn produce(
     (d.partition, d.offset)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    pub id: Option<String>,
-    pub event: Option<String>,
-    pub data: Option<String>,
-    pub retry: Option<u64>,
-}
+pub use herald::sse::read::Event;
 
 /// What the stream reader reports.
 #[derive(Debug)]
@@ -347,69 +341,20 @@ impl Stream {
     }
 }
 
+/// The shared reader of the wire format, reporting [`Item`]s.
 #[derive(Default)]
-pub struct Parser {
-    buf: Vec<u8>,
-    id: Option<String>,
-    event: Option<String>,
-    data: Option<String>,
-    retry: Option<u64>,
-}
+pub struct Parser(herald::sse::read::EventReader);
 
 impl Parser {
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<Item> {
-        self.buf.extend_from_slice(chunk);
-        let mut out = Vec::new();
-        // Lines are read in place and the buffer is shifted once per chunk:
-        // draining it line by line costs quadratic time on large chunks, and
-        // makes this "fast" reader too slow for the node's queue bound.
-        let buf = std::mem::take(&mut self.buf);
-        let mut start = 0;
-        while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
-            let line = String::from_utf8_lossy(&buf[start..start + nl]).into_owned();
-            start += nl + 1;
-            if line.is_empty() {
-                if self.data.is_some()
-                    || self.id.is_some()
-                    || self.retry.is_some()
-                    || self.event.is_some()
-                {
-                    let mut data = self.data.take();
-                    if let Some(d) = data.as_mut() {
-                        d.pop();
-                    }
-                    out.push(Item::Event(Event {
-                        id: self.id.take(),
-                        event: self.event.take(),
-                        data,
-                        retry: self.retry.take(),
-                    }));
-                }
-                continue;
-            }
-            if line.starts_with(':') {
-                out.push(Item::Comment);
-                continue;
-            }
-            let (field, value) = match line.split_once(':') {
-                Some((f, v)) => (f.to_owned(), v.strip_prefix(' ').unwrap_or(v).to_owned()),
-                None => (line.clone(), String::new()),
-            };
-            match field.as_str() {
-                "id" => self.id = Some(value),
-                "event" => self.event = Some(value),
-                "data" => {
-                    let d = self.data.get_or_insert_with(String::new);
-                    d.push_str(&value);
-                    d.push('\n');
-                }
-                "retry" => self.retry = value.parse().ok(),
-                _ => {}
-            }
-        }
-        self.buf = buf;
-        self.buf.drain(..start);
-        out
+        self.0
+            .feed(chunk)
+            .into_iter()
+            .map(|r| match r {
+                herald::sse::read::Read::Event(e) => Item::Event(e),
+                herald::sse::read::Read::Comment => Item::Comment,
+            })
+            .collect()
     }
 }
 

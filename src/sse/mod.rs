@@ -18,6 +18,8 @@ use serde_json::{json, Map, Value};
 
 use crate::record::Record;
 
+pub mod read;
+
 /// Prefix of a base64-encoded value in `data:`.
 pub const BASE64_MARKER: &[u8] = b"base64:";
 
@@ -169,21 +171,13 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A minimal reading of the WHATWG event-stream parser, enough to check
-    /// that what we write decodes back to the value.
+    /// What a client reads back from a frame: its data, base64 decoded.
     fn parse_data(frame: &[u8]) -> Option<Vec<u8>> {
-        let text = std::str::from_utf8(frame).ok()?;
-        let mut data: Option<String> = None;
-        for line in text.split('\n') {
-            if let Some(rest) = line.strip_prefix("data:") {
-                let rest = rest.strip_prefix(' ').unwrap_or(rest);
-                let d = data.get_or_insert_with(String::new);
-                d.push_str(rest);
-                d.push('\n');
-            }
-        }
-        let mut d = data?;
-        d.pop();
+        let read = read::EventReader::default().feed(frame);
+        let d = read.into_iter().find_map(|r| match r {
+            read::Read::Event(e) => e.data,
+            read::Read::Comment => None,
+        })?;
         if let Some(b64) = d.strip_prefix("base64:") {
             return STANDARD.decode(b64).ok();
         }
