@@ -20,8 +20,8 @@ pub enum Refusal {
     Full,
     /// New streams arrive faster than the configured rate.
     Flooded,
-    /// This client address holds its maximum.
-    TooManyFromAddress,
+    /// This client address holds its maximum, `held` streams.
+    TooManyFromAddress { held: usize },
 }
 
 pub struct Admission {
@@ -128,7 +128,7 @@ impl Admission {
         if self.max_per_address > 0 {
             let mut n = self.per_address.entry(address).or_insert(0);
             if *n >= self.max_per_address {
-                return Err(Refusal::TooManyFromAddress);
+                return Err(Refusal::TooManyFromAddress { held: *n });
             }
             *n += 1;
         }
@@ -153,7 +153,10 @@ mod tests {
         let ip2: IpAddr = "10.0.0.2".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let t1 = a.admit(ip1);
         assert!(t1.is_ok());
-        assert_eq!(a.admit(ip1).err(), Some(Refusal::TooManyFromAddress));
+        assert_eq!(
+            a.admit(ip1).err(),
+            Some(Refusal::TooManyFromAddress { held: 1 })
+        );
         let t2 = a.admit(ip2);
         assert!(t2.is_ok());
         assert_eq!(

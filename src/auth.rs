@@ -173,6 +173,11 @@ impl Auth {
         })
     }
 
+    /// The cookie a token may come in.
+    pub fn cookie_name(&self) -> &str {
+        &self.cookie
+    }
+
     /// No key configured: anyone may do anything.
     pub fn is_open(&self) -> bool {
         self.hmac.is_none() && self.rsa.is_empty() && self.ec.is_empty()

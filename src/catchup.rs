@@ -9,9 +9,13 @@
 //! A reader delivers records until a connection's position reaches the
 //! recent buffer, then hands it to the live fan-out through
 //! [`Registry::join`], under the partition's lock, at the exact offset.
+//!
+//! A replay is paced, never a reason to cut a client off: one that has not
+//! drained half its queue leaves the pass and is parked until it has room
+//! again, so a client that stops reading costs no Kafka reads at all (the
+//! write timeout then ends it like any stalled stream).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,21 +25,28 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 
+use crate::ingest::MAX_BATCH_BYTES;
+use crate::metrics::Metrics;
 use crate::queue::{Pushed, Wakers};
 use crate::record::Record;
-use crate::registry::{push_gap, push_own, Join, Registry, SlotStart, Subscriber};
+use crate::registry::{Join, Registry, SlotStart, Subscriber, EVENT_OVERHEAD};
+use crate::sse::Encoded;
 
 const POLL_TIMEOUT: Duration = Duration::from_millis(50);
+/// Records one poll batch takes at most (and at most the ingest batch's bytes).
+const MAX_BATCH: usize = 512;
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
 /// First pause before another pass for a client deferred as slow; doubles
 /// each time it is deferred again, up to [`MAX_BACKOFF`].
 const RETRY_SLOW: Duration = Duration::from_millis(10);
-/// Pause before retrying a failed pass, times the failures in a row.
+/// Pause before retrying a failed pass, doubling with the failures in a row.
 const RETRY_FAILED: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// How often idle readers look at parked jobs again.
-const PARKED_CHECK: Duration = Duration::from_millis(50);
+/// How often idle readers look at the board again: for parked jobs, and
+/// for the stop token (a thread cannot await it).
+const BOARD_CHECK: Duration = Duration::from_millis(50);
 /// How long a partition's first waiting job waits for others before a pass
 /// starts: a mass reconnect arrives over a few milliseconds, and one pass
 /// serves everyone who arrived meanwhile.
@@ -46,7 +57,7 @@ struct Job {
     slot: usize,
     /// Not before this: a gathering window at first, then a back-off after
     /// a deferral or a failed pass.
-    not_before: Option<Instant>,
+    not_before: Instant,
     /// Passes in a row that deferred or failed this job.
     setbacks: u32,
 }
@@ -56,17 +67,15 @@ impl Job {
         Job {
             sub,
             slot,
-            not_before: Some(Instant::now() + GATHER),
+            not_before: Instant::now() + GATHER,
             setbacks: 0,
         }
     }
 
     /// Whether a pass should read for this job now. A job deferred because
-    /// its client was not draining waits until its queue has room again, so
-    /// a client that stops reading costs no Kafka reads (and the write
-    /// timeout then ends it).
+    /// its client was not draining waits until its queue has room again.
     fn is_ready(&self, now: Instant) -> bool {
-        self.not_before.map_or(true, |t| now >= t)
+        now >= self.not_before
             && (self.setbacks == 0 || self.sub.connection.queue.has_room_for_replay())
     }
 
@@ -75,7 +84,7 @@ impl Job {
         let pause = base
             .saturating_mul(1 << self.setbacks.min(16))
             .min(MAX_BACKOFF);
-        self.not_before = Some(now + pause);
+        self.not_before = now + pause;
     }
 }
 
@@ -84,55 +93,55 @@ type PartitionKey = (Arc<str>, i32);
 #[derive(Default)]
 struct Board {
     pending: HashMap<PartitionKey, Vec<Job>>,
+    /// Partitions a reader is reading now.
     busy: HashSet<PartitionKey>,
-    stop: bool,
 }
 
 struct Shared {
     board: Mutex<Board>,
     wake: Condvar,
-    stopping: AtomicBool,
+    stop: CancellationToken,
 }
 
+/// The pool of catch-up readers.
 pub struct Catchup {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Catchup {
+    /// Starts `readers` threads; they run until `stop` is cancelled.
     pub fn start(
         readers: usize,
         consumer_config: ClientConfig,
         registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
         event_header: String,
+        stop: CancellationToken,
     ) -> std::io::Result<Catchup> {
         let shared = Arc::new(Shared {
             board: Mutex::new(Board::default()),
             wake: Condvar::new(),
-            stopping: AtomicBool::new(false),
+            stop,
         });
         let mut threads = Vec::new();
         for n in 0..readers.max(1) {
-            let shared = shared.clone();
-            let registry = registry.clone();
             let mut config = consumer_config.clone();
             if let Some(group) = config.get("group.id").map(|g| format!("{g}-{n}")) {
                 config.set("group.id", group);
             }
-            let event_header = event_header.clone();
+            let reader = Reader {
+                shared: shared.clone(),
+                registry: registry.clone(),
+                metrics: metrics.clone(),
+                config,
+                consumer: None,
+                event_header: event_header.clone(),
+            };
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("herald-catchup-{n}"))
-                    .spawn(move || {
-                        Reader {
-                            shared,
-                            registry,
-                            config,
-                            consumer: None,
-                            event_header,
-                        }
-                        .run()
-                    })?,
+                    .spawn(move || reader.run())?,
             );
         }
         Ok(Catchup {
@@ -155,9 +164,9 @@ impl Catchup {
         self.shared.wake.notify_one();
     }
 
-    pub fn stop(&self) {
-        self.shared.stopping.store(true, Ordering::Release);
-        self.shared.board.lock().stop = true;
+    /// Waits for the readers, once their token is cancelled (blocking: each
+    /// consumer's drop waits for librdkafka).
+    pub fn join(&self) {
         self.shared.wake.notify_all();
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
@@ -168,6 +177,7 @@ impl Catchup {
 struct Reader {
     shared: Arc<Shared>,
     registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
     config: ClientConfig,
     consumer: Option<BaseConsumer>,
     event_header: String,
@@ -175,34 +185,28 @@ struct Reader {
 
 impl Reader {
     fn run(mut self) {
-        loop {
-            let Some((key, mut jobs)) = self.next_partition() else {
-                return;
-            };
-            self.registry.metrics.catchup_readers.inc();
+        while let Some((key, mut jobs)) = self.next_partition() {
+            self.metrics.catchup_readers.inc();
             let result = self.replay(&key, &mut jobs);
-            self.registry.metrics.catchup_readers.dec();
+            self.metrics.catchup_readers.dec();
             // Whatever still needs records goes back on the board, after a
             // back-off: a failed read (broker unreachable, leader moving) is
             // retried, never dropped, or its clients would wait forever.
             let now = Instant::now();
             jobs.retain(|job| !job.sub.is_closed());
-            match result {
-                Ok(()) => {
-                    for job in &mut jobs {
-                        job.set_back(RETRY_SLOW, now);
-                    }
-                }
+            let base = match result {
+                Ok(()) => RETRY_SLOW,
                 Err(e) => {
-                    self.registry.metrics.kafka_errors.inc();
+                    self.metrics.kafka_errors.inc();
                     tracing::warn!(topic = %key.0, partition = key.1, error = %e, "catch-up read failed; will retry");
-                    for job in &mut jobs {
-                        job.set_back(RETRY_FAILED, now);
-                    }
+                    RETRY_FAILED
                 }
+            };
+            for job in &mut jobs {
+                job.set_back(base, now);
             }
             let mut board = self.shared.board.lock();
-            if !jobs.is_empty() && !board.stop {
+            if !jobs.is_empty() {
                 board.pending.entry(key.clone()).or_default().extend(jobs);
             }
             board.busy.remove(&key);
@@ -212,15 +216,15 @@ impl Reader {
     }
 
     /// Waits for a partition that no other reader holds and that has a job
-    /// ready to read for; takes its ready jobs. `None` when stopping.
+    /// ready to read for; takes its ready jobs. `None` once stopped.
     fn next_partition(&self) -> Option<(PartitionKey, Vec<Job>)> {
         let mut board = self.shared.board.lock();
         loop {
-            if board.stop {
+            if self.shared.stop.is_cancelled() {
                 return None;
             }
             let now = Instant::now();
-            let Board { pending, busy, .. } = &mut *board;
+            let Board { pending, busy } = &mut *board;
             pending.retain(|_, jobs| {
                 jobs.retain(|j| !j.sub.is_closed());
                 !jobs.is_empty()
@@ -239,12 +243,7 @@ impl Reader {
                 busy.insert(key.clone());
                 return Some((key, ready));
             }
-            if pending.is_empty() {
-                self.shared.wake.wait(&mut board);
-            } else {
-                // Parked jobs become ready with time or as their clients drain.
-                self.shared.wake.wait_for(&mut board, PARKED_CHECK);
-            }
+            self.shared.wake.wait_for(&mut board, BOARD_CHECK);
         }
     }
 
@@ -264,27 +263,29 @@ impl Reader {
         if jobs.is_empty() {
             return Ok(());
         }
-        self.registry.metrics.catchup_reads.inc();
-        let (topic, partition) = (key.0.clone(), key.1);
+        self.metrics.catchup_reads.inc();
         let from = self.start_position(key, jobs, &mut wakers)?;
-        let registry = self.registry.clone();
+        let (registry, metrics, shared) = (
+            self.registry.clone(),
+            self.metrics.clone(),
+            self.shared.clone(),
+        );
         let event_header = self.event_header.clone();
-        self.consumer()?;
-        let stopping = &self.shared.stopping;
-        let consumer = self.consumer.as_ref().ok_or(KafkaError::Canceled)?;
+        let (topic, partition) = (key.0.clone(), key.1);
+        let consumer = self.consumer()?;
         assign(consumer, &topic, partition, from)?;
         // The offset this pass reads next: a client that arrives meanwhile
         // at or after it rides along instead of waiting for another pass.
         let mut next = from;
         let mut deferred = Vec::new();
         let result = 'pass: loop {
-            if jobs.is_empty() || stopping.load(Ordering::Acquire) {
+            if jobs.is_empty() || shared.stop.is_cancelled() {
                 break Ok(());
             }
             let mut timeout = POLL_TIMEOUT;
             let mut bytes = 0;
-            for _ in 0..512 {
-                if bytes > 64 * 1024 {
+            for _ in 0..MAX_BATCH {
+                if bytes > MAX_BATCH_BYTES {
                     break;
                 }
                 let Some(polled) = consumer.poll(timeout) else {
@@ -294,9 +295,10 @@ impl Reader {
                 match polled {
                     Ok(m) => {
                         bytes += m.payload_len();
-                        let record = Record::from_message(topic.clone(), &m, &event_header);
-                        next = record.offset.saturating_add(1);
-                        deliver(&registry, jobs, &mut deferred, &record, &mut wakers);
+                        let record =
+                            Encoded::new(Record::from_message(topic.clone(), &m), &event_header);
+                        next = record.record.offset.saturating_add(1);
+                        deliver(&metrics, jobs, &mut deferred, &record, &mut wakers);
                     }
                     Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)) => {
                         // Retention overtook us mid-replay: say so, jump to the log start.
@@ -308,8 +310,7 @@ impl Reader {
                         for job in jobs.iter() {
                             let p = job.sub.position(job.slot);
                             if p < low {
-                                registry.metrics.gaps.inc();
-                                push_gap(&job.sub, job.slot, p, low, &mut wakers);
+                                registry.gap(&job.sub, job.slot, p, low, &mut wakers);
                             }
                         }
                         unassign(consumer, &topic, partition);
@@ -326,12 +327,10 @@ impl Reader {
                 }
             }
             wakers.wake_all();
-            adopt(&self.shared, key, next, jobs);
+            adopt(&shared, key, next, jobs);
             hand_over(&registry, jobs, &mut wakers);
         };
-        if let Some(consumer) = self.consumer.as_ref() {
-            unassign(consumer, &topic, partition);
-        }
+        unassign(consumer, &topic, partition);
         wakers.wake_all();
         // Clients that were not keeping up get another pass.
         jobs.extend(deferred);
@@ -353,8 +352,7 @@ impl Reader {
         for job in jobs.iter() {
             let p = job.sub.position(job.slot);
             if p < low {
-                self.registry.metrics.gaps.inc();
-                push_gap(&job.sub, job.slot, p, low, wakers);
+                self.registry.gap(&job.sub, job.slot, p, low, wakers);
             }
             from = from.min(job.sub.position(job.slot));
         }
@@ -399,41 +397,40 @@ fn hand_over(registry: &Registry, jobs: &mut Vec<Job>, wakers: &mut Wakers) {
 /// client has not drained half its queue leaves this pass (into `deferred`)
 /// instead of being cut off: a replay can wait, Kafka keeps the records.
 fn deliver(
-    registry: &Registry,
+    metrics: &Metrics,
     jobs: &mut Vec<Job>,
     deferred: &mut Vec<Job>,
-    record: &Record,
+    record: &Encoded,
     wakers: &mut Wakers,
 ) {
+    let (offset, key) = (record.record.offset, record.record.key.as_ref());
     let mut i = 0;
     while i < jobs.len() {
         let job = &jobs[i];
         let sub = &job.sub;
-        if record.offset < sub.position(job.slot) {
+        if offset < sub.position(job.slot) {
             i += 1;
             continue;
         }
-        let matches = sub.shape.slots[job.slot]
-            .filter
-            .matches(record.key.as_ref());
+        let matches = sub.shape.slots[job.slot].filter.matches(key);
         let mut queue = sub.connection.queue.lock();
-        if matches && queue.is_filling(record.body(sub.shape.format).len() + 64) {
+        if matches && queue.is_filling(record.body(sub.shape.format).len() + EVENT_OVERHEAD) {
             drop(queue);
             deferred.push(jobs.swap_remove(i));
             continue;
         }
-        sub.set_position(job.slot, record.offset + 1);
+        sub.set_position(job.slot, offset + 1);
         if !matches {
             i += 1;
             continue;
         }
-        let keep = match push_own(sub, &mut queue, record, wakers) {
+        let keep = match sub.push_own(&mut queue, record, wakers) {
             Pushed::Queued => {
-                registry.metrics.events_delivered.inc();
+                metrics.events_delivered.inc();
                 true
             }
             Pushed::Overflowed => {
-                registry.metrics.slow_disconnects.inc();
+                metrics.slow_disconnects.inc();
                 false
             }
             Pushed::Ended => false,

@@ -145,6 +145,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_DRAIN_WINDOW", default_value = "10s", value_parser = duration)]
     pub drain_window: Duration,
 
+    /// After the drain, how long the node waits for its last responses and
+    /// tasks before it ends what is left and stops its Kafka clients.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+
     /// HS256 secret for bearer tokens (at least 32 bytes). With no secret and
     /// no public key, the node is open to anyone.
     #[arg(long, env = "HERALD_AUTH_HS256_SECRET", hide_env_values = true)]
@@ -259,12 +264,21 @@ impl Config {
         Ok(())
     }
 
-    /// Defaults for a node on `listen` (tests and embedding).
+    /// The defaults, for a node on `listen` (tests and embedding). Unlike
+    /// the command line, this reads no `HERALD_*` environment variable: a
+    /// developer's settings must not leak into tests.
     pub fn for_listen(listen: SocketAddr) -> Config {
-        let cli = Cli::parse_from(["herald", "serve", "--listen", &listen.to_string()]);
-        match cli.command {
-            Command::Serve(config) => *config,
-            Command::Token(_) => unreachable!("parsed a serve command"),
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Cli::command().mut_subcommand("serve", |serve| {
+            serve.mut_args(|arg| arg.env(None::<&'static str>))
+        });
+        let parsed = command
+            .try_get_matches_from(["herald", "serve", "--listen", &listen.to_string()])
+            .and_then(|m| Cli::from_arg_matches(&m));
+        match parsed.map(|cli| cli.command) {
+            Ok(Command::Serve(config)) => *config,
+            // The defaults and a socket address always parse.
+            _ => unreachable!("the defaults parse"),
         }
     }
 }

@@ -1,13 +1,17 @@
-//! Errors a request can meet, and their HTTP form.
+//! Errors a request can meet, and their HTTP form: the one place where
+//! an error becomes a status and a body.
 //!
 //! Every error reaches the client as a status and a JSON body
 //! `{"error":{"code","message"}}` whose message says what to do. A browser's
 //! EventSource gives up for good on any status but 200, so only errors in the
 //! request itself get a 4xx; an overloaded or draining node answers 200 with
-//! `retry:` instead (see `server`).
+//! `retry:` instead (see `api::events`).
 
 use http::StatusCode;
+use rdkafka::error::KafkaError;
 use serde_json::json;
+
+use crate::subscribe::{BadRequest, OpenError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -24,7 +28,7 @@ pub enum ApiError {
     #[error("request body is larger than the {0}-byte limit")]
     BodyTooLarge(usize),
     #[error("Kafka did not accept the request: {0}")]
-    Kafka(String),
+    Kafka(#[source] KafkaError),
     #[error("{0}")]
     Unsupported(String),
     #[error("{0}")]
@@ -37,6 +41,30 @@ pub enum ApiError {
     UriTooLong(usize),
     #[error("origin `{0}` is not allowed")]
     OriginRefused(String),
+}
+
+impl From<KafkaError> for ApiError {
+    fn from(e: KafkaError) -> ApiError {
+        ApiError::Kafka(e)
+    }
+}
+
+impl From<BadRequest> for ApiError {
+    fn from(e: BadRequest) -> ApiError {
+        ApiError::BadRequest(e.0)
+    }
+}
+
+impl From<OpenError> for ApiError {
+    fn from(e: OpenError) -> ApiError {
+        match e {
+            OpenError::BadRequest(b) => b.into(),
+            OpenError::UnknownTopic(t) => ApiError::UnknownTopic(t),
+            e @ OpenError::BadCursor(_) => ApiError::BadCursor(e.to_string()),
+            e @ OpenError::SinceUnsupported => ApiError::Unsupported(e.to_string()),
+            OpenError::Kafka(k) => ApiError::Kafka(k),
+        }
+    }
 }
 
 impl ApiError {

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,52 +20,50 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::record::Record;
 use crate::registry::{FanoutBatch, PartitionLog, Registry};
+use crate::sse::Encoded;
 
 const POLL_TIMEOUT: Duration = Duration::from_millis(20);
 const MAX_BATCH: usize = 2048;
 /// Connection tasks are woken once per batch, so a batch must stay well
 /// under a connection's queue bound or every client would overflow on a
 /// backlog.
-const MAX_BATCH_BYTES: usize = 64 * 1024;
+pub const MAX_BATCH_BYTES: usize = 64 * 1024;
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
-
-enum Command {
-    Assign(Arc<PartitionLog>),
-}
-
-struct Shared {
-    pending: Mutex<Vec<Command>>,
-    stop: AtomicBool,
-}
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Handle to the ingest thread.
 pub struct Ingest {
-    shared: Arc<Shared>,
+    /// Partitions to start reading, from their live position.
+    pending: Arc<Mutex<Vec<Arc<PartitionLog>>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Ingest {
+    /// Starts the thread; it runs until `stop` is cancelled.
     pub fn start(
         consumer: Arc<BaseConsumer>,
         registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
         linger: Duration,
         event_header: String,
+        stop: CancellationToken,
     ) -> std::io::Result<Ingest> {
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(Vec::new()),
-            stop: AtomicBool::new(false),
-        });
-        let thread_shared = shared.clone();
+        let pending = Arc::new(Mutex::new(Vec::new()));
+        let thread_pending = pending.clone();
         let thread = std::thread::Builder::new()
             .name("herald-ingest".into())
             .spawn(move || {
                 IngestLoop {
                     consumer,
                     registry,
-                    shared: thread_shared,
+                    metrics,
+                    pending: thread_pending,
+                    stop,
                     linger,
                     event_header,
                     assigned: HashMap::new(),
@@ -75,20 +72,19 @@ impl Ingest {
                 .run()
             })?;
         Ok(Ingest {
-            shared,
+            pending,
             thread: Mutex::new(Some(thread)),
         })
     }
 
     /// Asks the thread to start reading `log` from its live position.
     pub fn assign(&self, log: Arc<PartitionLog>) {
-        self.shared.pending.lock().push(Command::Assign(log));
+        self.pending.lock().push(log);
     }
 
-    /// Stops the thread and waits for it (the consumer's drop blocks, so do
-    /// this from a blocking context).
-    pub fn stop(&self) {
-        self.shared.stop.store(true, Ordering::Release);
+    /// Waits for the thread, once its token is cancelled (blocking: the
+    /// consumer's drop waits for librdkafka).
+    pub fn join(&self) {
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
         }
@@ -98,7 +94,9 @@ impl Ingest {
 struct IngestLoop {
     consumer: Arc<BaseConsumer>,
     registry: Arc<Registry>,
-    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    pending: Arc<Mutex<Vec<Arc<PartitionLog>>>>,
+    stop: CancellationToken,
     linger: Duration,
     event_header: String,
     /// Exactly what the consumer has assigned: topic → partition → log.
@@ -111,7 +109,7 @@ impl IngestLoop {
     fn run(mut self) {
         let mut batch = FanoutBatch::default();
         let mut last_housekeeping = Instant::now();
-        while !self.shared.stop.load(Ordering::Acquire) {
+        while !self.stop.is_cancelled() {
             if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
                 last_housekeeping = Instant::now();
                 self.release_idle();
@@ -136,7 +134,7 @@ impl IngestLoop {
                 }
             }
             if polled > 0 {
-                self.registry.metrics.records_consumed.inc_by(polled as u64);
+                self.metrics.records_consumed.inc_by(polled as u64);
             }
             batch.wakers.wake_all();
         }
@@ -150,12 +148,13 @@ impl IngestLoop {
         else {
             return; // prefetched before an unassign
         };
-        let record = Record::from_message(log.topic.clone(), message, &self.event_header);
-        self.registry.fan_out(log, Arc::new(record), batch);
+        let record = Record::from_message(log.topic.clone(), message);
+        let encoded = Encoded::new(record, &self.event_header);
+        self.registry.fan_out(log, Arc::new(encoded), batch);
     }
 
     fn on_error(&mut self, e: KafkaError, batch: &mut FanoutBatch) {
-        self.registry.metrics.kafka_errors.inc();
+        self.metrics.kafka_errors.inc();
         if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange) {
             self.recover_out_of_range(batch);
         } else {
@@ -176,7 +175,7 @@ impl IngestLoop {
         for log in logs {
             let Ok((low, high)) =
                 self.consumer
-                    .fetch_watermarks(&log.topic, log.partition, Duration::from_secs(2))
+                    .fetch_watermarks(&log.topic, log.partition, WATERMARK_TIMEOUT)
             else {
                 continue;
             };
@@ -198,9 +197,7 @@ impl IngestLoop {
 
     fn apply_commands(&mut self) {
         let mut wanted: Vec<Arc<PartitionLog>> = std::mem::take(&mut self.failed);
-        wanted.extend(self.shared.pending.lock().drain(..).map(|c| match c {
-            Command::Assign(log) => log,
-        }));
+        wanted.extend(self.pending.lock().drain(..));
         if wanted.is_empty() {
             return;
         }
@@ -211,7 +208,7 @@ impl IngestLoop {
                 .assigned
                 .get(&*log.topic)
                 .is_some_and(|p| p.contains_key(&log.partition));
-            if already || !log.is_assigned() {
+            if already || !log.is_started() {
                 continue; // duplicate request, or released before we got to it
             }
             if tpl
@@ -235,7 +232,7 @@ impl IngestLoop {
                 }
             }
             Err(e) => {
-                self.registry.metrics.kafka_errors.inc();
+                self.metrics.kafka_errors.inc();
                 tracing::warn!(error = %e, "assign failed; will retry");
                 self.failed = adding;
             }
@@ -257,8 +254,7 @@ impl IngestLoop {
                 .is_some();
             if present {
                 let _ = tpl.add_partition(&log.topic, log.partition);
-                self.registry
-                    .metrics
+                self.metrics
                     .partition_lag
                     .remove_label_values(&[&*log.topic, &log.partition.to_string()])
                     .ok();
@@ -267,7 +263,7 @@ impl IngestLoop {
         self.assigned.retain(|_, p| !p.is_empty());
         if tpl.count() > 0 {
             if let Err(e) = self.consumer.incremental_unassign(&tpl) {
-                self.registry.metrics.kafka_errors.inc();
+                self.metrics.kafka_errors.inc();
                 tracing::warn!(error = %e, "unassign failed");
             }
         }
@@ -276,7 +272,7 @@ impl IngestLoop {
 
     fn update_assigned_gauge(&self) {
         let n: usize = self.assigned.values().map(|p| p.len()).sum();
-        self.registry.metrics.assigned_partitions.set(n as i64);
+        self.metrics.assigned_partitions.set(n as i64);
     }
 
     /// Lag from the high watermarks librdkafka learnt from its last fetches
@@ -305,8 +301,7 @@ impl IngestLoop {
                     && high >= 0
                 {
                     let lag = (high - log.live()).max(0);
-                    self.registry
-                        .metrics
+                    self.metrics
                         .partition_lag
                         .with_label_values(&[topic, &partition.to_string()])
                         .set(lag);

@@ -9,61 +9,59 @@
 //! ## The data path of a node
 //!
 //! ```text
-//! Kafka ─fetch (only needed partitions)─▶ ingest ─▶ fan-out ─▶ connection queue ─▶ SSE body ─▶ browser
-//!                                           ▲          ▲
-//!                           assign/unassign │          │ join / leave
-//!                                           └── registry (dashmap) ◀── GET /v1/events
+//! Kafka ─fetch (only needed partitions)─▶ ingest ─▶ registry fan-out ─▶ queue ─▶ http ─▶ browser
+//!                                           ▲              ▲
+//!                           assign/unassign │              │ join / leave
+//!                                           └── subscribe ◀── api::events ◀── GET /v1/events
 //! ```
 //!
-//! 1. [`subscribe`] turns a request into *slots*, one per partition needed
-//!    (a key costs one partition: [`partitioner`] computes Kafka's murmur2
-//!    placement), and joins each slot to its partition in the [`registry`].
-//! 2. The first subscriber of a partition gives it a start offset (the high
-//!    watermark, for a live stream); [`ingest`]'s one consumer thread then
-//!    assigns exactly the partitions the registry needs, and releases them a
-//!    linger after their last subscriber left.
-//! 3. [`ingest`] copies each record into a [`record::Record`] and the
-//!    [`registry`] fans it out under the partition's lock: the SSE body is
-//!    encoded once per record, the `id:` line once per subscription shape,
-//!    and both are shared (`Bytes`) by every connection that gets them.
-//! 4. Each connection has a byte-bounded [`queue`]; its SSE body (in
-//!    [`server`]) writes all that is queued in one write. A client that falls
-//!    behind the bound is cut off and resumes from Kafka with its cursor.
-//!    Streams over HTTP/1.x are served by [`h1`], which reads the request
-//!    head itself and keeps no buffers per connection (about 2.5 KiB per
-//!    idle stream, against 21 KiB through hyper); everything else, HTTP/2
-//!    included, goes to hyper.
-//! 5. A resuming client ([`cursor`]) is replayed from the partition's
-//!    recent-records buffer, or by the shared [`catchup`] readers from Kafka,
-//!    and handed to the live stream at the exact offset.
+//! 1. [`http`] accepts, reads the request head, and routes. `GET /v1/events`
+//!    goes to `api::events`, which checks the token ([`auth`]), the origin
+//!    ([`cors`]) and the node's limits ([`admission`]).
+//! 2. [`subscribe`] turns the request into *slots*, one per partition needed
+//!    (a key costs one partition: [`partitioner`] is Kafka's murmur2), fixes
+//!    each slot's start (live starts at the high watermark; the cursor's
+//!    offsets; `from=`/`since=`), and joins each slot to its partition in the
+//!    [`registry`]. Old positions go to the [`catchup`] readers.
+//! 3. `ingest`'s one consumer thread assigns exactly the partitions the
+//!    registry needs and releases them a linger after their last subscriber
+//!    left. It copies each message into a [`record`] and the registry fans
+//!    it out under the partition's lock ([`registry`]'s `fanout`): [`sse`]
+//!    encodes the body once per record and format, the whole event once per
+//!    subscription shape, shared (`Bytes`) by every connection of the shape.
+//! 4. Each connection has a byte-bounded `queue`; its stream body writes all
+//!    that is queued in one write. A client that falls behind the bound, or
+//!    whose writes stall past the write timeout (`sweeps`), is cut off and
+//!    resumes from Kafka with its cursor ([`cursor`]).
 //!
-//! Around the data path: [`auth`] decides who may read and write which
-//! topics and keys (JWT), [`cors`] which origins may ask, and [`admission`]
-//! how many streams a node and each client may hold.
-//!
-//! Without `--brokers` a node runs an [`embedded`] Kafka (librdkafka's mock
-//! cluster) that any Kafka client can reach.
+//! Around the data path: `node` builds and stops everything (one shutdown
+//! tree), `kafka` holds the clients and look-ups, `embedded` runs
+//! librdkafka's mock cluster when no `--brokers` are given, and `metrics`
+//! declares every Prometheus metric. `docs/architecture.md` tells the same
+//! story at length, with the invariants each step keeps.
 
-pub mod admission;
+mod admission;
+mod api;
 pub mod auth;
-pub mod catchup;
+mod catchup;
 pub mod config;
-pub mod cors;
+mod cors;
 pub mod cursor;
-pub mod embedded;
-pub mod error;
-pub mod h1;
-pub mod ingest;
-pub mod kafka;
-pub mod metrics;
+mod embedded;
+mod error;
+mod http;
+mod ingest;
+mod kafka;
+mod metrics;
+mod node;
 pub mod partitioner;
-pub mod publish;
-pub mod queue;
-pub mod record;
-pub mod registry;
-pub mod server;
+mod queue;
+mod record;
+mod registry;
 pub mod sse;
 pub mod subscribe;
+mod sweeps;
 
 pub use config::Config;
-pub use server::Node;
+pub use http::h1;
+pub use node::{run, Node};

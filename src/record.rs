@@ -1,17 +1,13 @@
-//! A Kafka record as herald holds it.
+//! A Kafka record as herald holds it: plain data, copied out of librdkafka.
 //!
-//! The ingest thread copies each record out of librdkafka at once (held
-//! messages pin librdkafka's buffers) into reference-counted `Bytes`. The
-//! record's SSE body (everything after the `id:` line) depends only on the
-//! record and the output format, so it is encoded at most once per format and
-//! shared by every connection and every replay that sends it.
+//! The ingest thread and the catch-up readers copy each message at once
+//! (held messages pin librdkafka's buffers) into reference-counted `Bytes`.
+//! How a record goes on the wire is [`crate::sse`]'s business.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
-
-use crate::sse;
 
 #[derive(Debug)]
 pub struct Record {
@@ -23,29 +19,12 @@ pub struct Record {
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
     pub headers: Vec<(String, Option<Bytes>)>,
-    /// The SSE event type, from the configured record header, already sanitised.
-    pub event_type: Option<String>,
-    plain: OnceLock<Bytes>,
-    envelope: OnceLock<Bytes>,
-}
-
-/// How a connection wants records rendered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Format {
-    /// `data:` is the record value.
-    Plain,
-    /// `data:` is a JSON object with topic, partition, offset, timestamp, key, headers, value.
-    Envelope,
 }
 
 impl Record {
     /// Copies a message out of librdkafka (the message can then be dropped).
-    pub fn from_message(
-        topic: Arc<str>,
-        message: &BorrowedMessage<'_>,
-        event_header: &str,
-    ) -> Record {
-        let headers: Vec<(String, Option<Bytes>)> = message
+    pub fn from_message(topic: Arc<str>, message: &BorrowedMessage<'_>) -> Record {
+        let headers = message
             .headers()
             .map(|hs| {
                 hs.iter()
@@ -53,12 +32,6 @@ impl Record {
                     .collect()
             })
             .unwrap_or_default();
-        let event_type = headers
-            .iter()
-            .rev()
-            .find(|(name, _)| name == event_header)
-            .and_then(|(_, v)| v.as_deref())
-            .and_then(sse::sanitize_event_type);
         Record {
             topic,
             partition: message.partition(),
@@ -67,29 +40,15 @@ impl Record {
             key: message.key().map(Bytes::copy_from_slice),
             value: message.payload().map(Bytes::copy_from_slice),
             headers,
-            event_type,
-            plain: OnceLock::new(),
-            envelope: OnceLock::new(),
         }
     }
 
-    /// The frame body for `format`, encoded on first use.
-    pub fn body(&self, format: Format) -> &Bytes {
-        match format {
-            Format::Plain => self.plain.get_or_init(|| sse::plain_body(self)),
-            Format::Envelope => self.envelope.get_or_init(|| sse::envelope_body(self)),
-        }
-    }
-
-    /// Bytes this record keeps alive (for replay-buffer accounting).
-    pub fn weight(&self) -> usize {
-        let headers: usize = self
-            .headers
+    /// The value of the last header called `name`.
+    pub fn header(&self, name: &str) -> Option<&Bytes> {
+        self.headers
             .iter()
-            .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()))
-            .sum();
-        128 + self.key.as_ref().map_or(0, |k| k.len())
-            + self.value.as_ref().map_or(0, |v| v.len()) * 2
-            + headers
+            .rev()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_ref())
     }
 }

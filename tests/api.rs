@@ -176,7 +176,7 @@ async fn shutdown_turns_unready_and_ends_streams_with_retry() {
     for _ in 0..5 {
         streams.push(open(addr, &events_path(&["bye"], ""), None).await);
     }
-    let stopping = tokio::spawn(node.shutdown(Duration::from_millis(500)));
+    let stopping = tokio::spawn(node.shutdown());
     for s in &mut streams {
         let mut saw_retry = false;
         let deadline = tokio::time::Instant::now() + SECS_10;

@@ -627,8 +627,9 @@ async fn operations_views_need_an_ops_grant_on_the_public_port_and_nothing_on_th
     );
     assert_eq!(
         request(ops, "POST", "/v1/topics/secret-keys", b"x").await.0,
-        405
+        404
     );
+    assert_eq!(request(ops, "POST", "/metrics", b"x").await.0, 405);
 }
 
 /// GET with headers, whole body as text (for answers that end).

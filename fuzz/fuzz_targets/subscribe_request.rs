@@ -13,9 +13,8 @@ use std::collections::BTreeMap;
 
 use herald::cursor::Cursor;
 use herald::partitioner::partition_for_key;
-use herald::registry::Filter;
 use herald::subscribe::{
-    parse_request, plan, valid_topic_name, SelectorLimits, Start, SubscribeRequest,
+    parse_request, plan, valid_topic_name, Filter, SelectorLimits, Start, SubscribeRequest,
 };
 use libfuzzer_sys::fuzz_target;
 

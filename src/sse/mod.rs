@@ -1,8 +1,10 @@
 //! Server-Sent Events wire encoding.
 //!
 //! An event is `id:` (the cursor) followed by a body: an optional `event:`
-//! line and one `data:` line per line of the value, then a blank line. The
-//! body is shared between connections; only the `id:` line is theirs.
+//! line and one `data:` line per line of the value, then a blank line. An
+//! [`Encoded`] record encodes its body once per output [`Format`], on first
+//! use, for every connection and replay that sends it; the fan-out then
+//! builds the whole event (id line and body) once per subscription shape.
 //!
 //! The SSE format cannot carry every byte: a CR ends a line, and browsers
 //! decode data as UTF-8. So a value that is not valid UTF-8, contains a CR, or
@@ -13,6 +15,8 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use std::sync::OnceLock;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
@@ -30,6 +34,112 @@ const MAX_EVENT_TYPE_LEN: usize = 128;
 
 /// A heartbeat: an SSE comment that keeps proxies from timing the stream out.
 pub const HEARTBEAT: &[u8] = b":\n\n";
+
+/// How a connection wants records rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// `data:` is the record value.
+    Plain,
+    /// `data:` is a JSON object with topic, partition, offset, timestamp, key, headers, value.
+    Envelope,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Plain => "plain",
+            Format::Envelope => "envelope",
+        }
+    }
+}
+
+/// A record on its way to the wire: the record, its SSE event type, and
+/// its body per format, each encoded at most once.
+#[derive(Debug)]
+pub struct Encoded {
+    pub record: Record,
+    /// The SSE event type, from the configured record header, already sanitised.
+    event_type: Option<String>,
+    plain: OnceLock<Bytes>,
+    envelope: OnceLock<Bytes>,
+}
+
+impl Encoded {
+    /// `event_header` names the record header whose value becomes the event type.
+    pub fn new(record: Record, event_header: &str) -> Encoded {
+        let event_type = record
+            .header(event_header)
+            .and_then(|v| sanitize_event_type(v));
+        Encoded {
+            record,
+            event_type,
+            plain: OnceLock::new(),
+            envelope: OnceLock::new(),
+        }
+    }
+
+    /// The event body (everything after the `id:` line) for `format`.
+    pub fn body(&self, format: Format) -> &Bytes {
+        match format {
+            Format::Plain => self.plain.get_or_init(|| self.plain_body()),
+            Format::Envelope => self.envelope.get_or_init(|| self.envelope_body()),
+        }
+    }
+
+    /// Bytes this record keeps alive (for replay-buffer accounting): the
+    /// record, and up to a body per format.
+    pub fn weight(&self) -> usize {
+        let r = &self.record;
+        let headers: usize = r
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()))
+            .sum();
+        128 + r.key.as_ref().map_or(0, |k| k.len())
+            + r.value.as_ref().map_or(0, |v| v.len()) * 2
+            + headers
+    }
+
+    fn put_event_type(&self, out: &mut BytesMut) {
+        if let Some(t) = &self.event_type {
+            out.put_slice(b"event: ");
+            out.put_slice(t.as_bytes());
+            out.put_u8(b'\n');
+        }
+    }
+
+    fn plain_body(&self) -> Bytes {
+        let value = self.record.value.as_deref().unwrap_or_default();
+        let mut out = BytesMut::with_capacity(value.len() + 16);
+        self.put_event_type(&mut out);
+        put_data(&mut out, value);
+        out.put_u8(b'\n');
+        out.freeze()
+    }
+
+    fn envelope_body(&self) -> Bytes {
+        let r = &self.record;
+        let mut headers = Map::new();
+        for (name, value) in &r.headers {
+            headers.insert(name.clone(), bytes_json(value.as_ref()));
+        }
+        let envelope = json!({
+            "topic": &*r.topic,
+            "partition": r.partition,
+            "offset": r.offset,
+            "timestamp": r.timestamp,
+            "key": bytes_json(r.key.as_ref()),
+            "headers": headers,
+            "value": bytes_json(r.value.as_ref()),
+        });
+        let mut out = BytesMut::with_capacity(128);
+        self.put_event_type(&mut out);
+        // JSON text has no raw line breaks, so this is one data line.
+        put_data(&mut out, envelope.to_string().as_bytes());
+        out.put_u8(b'\n');
+        out.freeze()
+    }
+}
 
 /// Whether `value` must travel base64-encoded to arrive byte for byte.
 pub fn needs_base64(value: &[u8]) -> bool {
@@ -102,6 +212,18 @@ pub fn retry(ms: u64) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))
 }
 
+/// A reconnection delay of `base_ms` plus a random part of `spread_ms`, so
+/// that clients told to come back together do not all come back at once.
+pub fn retry_spread(base_ms: u64, spread_ms: u64) -> Bytes {
+    let jitter = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=spread_ms.max(1));
+    retry(base_ms.saturating_add(jitter))
+}
+
+/// `retry_spread` with a spread as long as the delay itself.
+pub fn retry_jittered(base_ms: u64) -> Bytes {
+    retry_spread(base_ms, base_ms)
+}
+
 /// A herald signal event (`event: herald.<name>`) with a JSON payload.
 pub fn signal_body(name: &str, payload: &Value) -> Bytes {
     let mut out = BytesMut::with_capacity(64);
@@ -117,19 +239,6 @@ pub fn signal_body(name: &str, payload: &Value) -> Bytes {
 /// End of an id-only event (an `id:` line followed by a blank line).
 pub const ID_ONLY_BODY: &[u8] = b"\n";
 
-pub fn plain_body(record: &Record) -> Bytes {
-    let value = record.value.as_deref().unwrap_or_default();
-    let mut out = BytesMut::with_capacity(value.len() + 16);
-    if let Some(t) = &record.event_type {
-        out.put_slice(b"event: ");
-        out.put_slice(t.as_bytes());
-        out.put_u8(b'\n');
-    }
-    put_data(&mut out, value);
-    out.put_u8(b'\n');
-    out.freeze()
-}
-
 fn bytes_json(b: Option<&Bytes>) -> Value {
     match b {
         None => Value::Null,
@@ -138,32 +247,6 @@ fn bytes_json(b: Option<&Bytes>) -> Value {
             Err(_) => json!({ "base64": STANDARD.encode(b) }),
         },
     }
-}
-
-pub fn envelope_body(record: &Record) -> Bytes {
-    let mut headers = Map::new();
-    for (name, value) in &record.headers {
-        headers.insert(name.clone(), bytes_json(value.as_ref()));
-    }
-    let envelope = json!({
-        "topic": &*record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "timestamp": record.timestamp,
-        "key": bytes_json(record.key.as_ref()),
-        "headers": headers,
-        "value": bytes_json(record.value.as_ref()),
-    });
-    let mut out = BytesMut::with_capacity(128);
-    if let Some(t) = &record.event_type {
-        out.put_slice(b"event: ");
-        out.put_slice(t.as_bytes());
-        out.put_u8(b'\n');
-    }
-    // JSON text has no raw line breaks, so this is one data line.
-    put_data(&mut out, envelope.to_string().as_bytes());
-    out.put_u8(b'\n');
-    out.freeze()
 }
 
 #[cfg(test)]

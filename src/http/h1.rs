@@ -29,7 +29,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::server::SseBody;
+use crate::api::events::StreamBody;
 use crate::sse;
 
 /// First read buffer for a request head; grows (doubling) to the limit.
@@ -73,7 +73,7 @@ pub async fn read_head(
         }
         match parse_head(&buf, max_target) {
             Parsed::Partial => continue,
-            Parsed::Events(parts) => return Head::Events(parts),
+            Parsed::Events(parts) => return Head::Events(*parts),
             Parsed::Other => return Head::Other(buf.freeze()),
         }
     }
@@ -84,7 +84,7 @@ pub enum Parsed {
     /// Not a whole head yet.
     Partial,
     /// A whole event-stream request head, and nothing after it.
-    Events(http::request::Parts),
+    Events(Box<http::request::Parts>),
     /// Anything else: hyper's to answer.
     Other,
 }
@@ -102,7 +102,7 @@ pub fn parse_head(buf: &[u8], max_target: usize) -> Parsed {
                 .then(|| event_request(&request, max_target))
                 .flatten();
             match parts {
-                Some(parts) => Parsed::Events(parts),
+                Some(parts) => Parsed::Events(Box::new(parts)),
                 None => Parsed::Other,
             }
         }
@@ -144,7 +144,7 @@ pub async fn serve_stream(
     mut stream: TcpStream,
     version: Version,
     extra_headers: Vec<(&'static str, HeaderValue)>,
-    mut body: SseBody,
+    mut body: StreamBody,
     write_timeout: Duration,
 ) {
     let chunked = version == Version::HTTP_11;

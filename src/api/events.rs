@@ -1,0 +1,244 @@
+//! `GET /v1/events`: who may open the stream (auth, admission, drain), the
+//! subscription itself (`crate::subscribe`), and the streaming body both
+//! HTTP paths write from.
+//!
+//! A browser's EventSource gives up for good on any status but 200, so a
+//! node that is full, flooded or draining, or cannot reach Kafka, answers
+//! `200` with `retry:` and an immediate end: the client comes back through
+//! the load balancer. Only the request's own faults get a 4xx.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use serde_json::json;
+
+use super::{error, respond, Health, HttpBody};
+use crate::admission::{Admission, Refusal, Ticket};
+use crate::auth::{Auth, Grant};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::queue::End;
+use crate::registry::{Connection, Registry};
+use crate::sse;
+use crate::subscribe::{parse_request, OpenError, SelectorLimits, SubscribeRequest, Subscriptions};
+
+/// What opening a stream needs.
+pub struct Events {
+    pub subscriptions: Arc<Subscriptions>,
+    pub auth: Arc<Auth>,
+    pub admission: Arc<Admission>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    pub limits: SelectorLimits,
+    pub retry_ms: u64,
+    pub max_stream_lifetime: Option<Duration>,
+}
+
+/// An event-stream response's head, whichever path writes it.
+pub fn stream_head(status: StatusCode) -> http::response::Builder {
+    sse::STREAM_HEADERS
+        .iter()
+        .fold(Response::builder().status(status), |b, (name, value)| {
+            b.header(*name, *value)
+        })
+}
+
+impl Events {
+    /// Opens an event stream, or says why not: the response to send instead.
+    pub async fn open(
+        &self,
+        peer: SocketAddr,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> Result<StreamBody, Response<HttpBody>> {
+        let header_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+        let request = parse_request(uri.query(), header_id, self.limits)
+            .map_err(|e| self.refuse(&e.into()))?;
+        let grant = self
+            .auth
+            .grant(headers, uri.query())
+            .map_err(|e| self.refuse(&e))?;
+        self.authorize(grant.as_ref(), &request)
+            .map_err(|e| self.refuse(&e))?;
+        if self.health.is_draining() {
+            return Err(self.come_back_later("draining"));
+        }
+        let address = self.admission.client_address(peer.ip(), headers);
+        let ticket = match self.admission.admit(address) {
+            Ok(t) => t,
+            Err(Refusal::Full) => return Err(self.come_back_later("node full")),
+            Err(Refusal::Flooded) => return Err(self.come_back_later("too many new streams")),
+            Err(Refusal::TooManyFromAddress { held }) => {
+                return Err(self.refuse(&ApiError::TooManyRequests(format!(
+                    "{address} holds {held} streams already"
+                ))))
+            }
+        };
+        let deadline = self.deadline(grant.as_ref());
+        match self.subscriptions.open(request, peer).await {
+            Ok(opened) => Ok(StreamBody {
+                connection: opened.sub.connection.clone(),
+                registry: self.subscriptions.registry.clone(),
+                metrics: self.metrics.clone(),
+                starting: opened.rest,
+                deadline: deadline.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
+                deadline_reason: deadline.map_or("", |(_, why)| why),
+                _ticket: ticket,
+            }),
+            Err(OpenError::Kafka(e)) => {
+                tracing::warn!(error = %e, "subscribe failed on Kafka; asking the client to retry");
+                Err(self.come_back_later("kafka unavailable"))
+            }
+            Err(e) => Err(self.refuse(&e.into())),
+        }
+    }
+
+    fn refuse(&self, e: &ApiError) -> Response<HttpBody> {
+        error(&self.metrics, e)
+    }
+
+    /// 200, `retry:` and the end: how an SSE endpoint says "not now, come
+    /// back through the load balancer" without making EventSource give up.
+    fn come_back_later(&self, why: &str) -> Response<HttpBody> {
+        let mut body = format!(": {why}\n").into_bytes();
+        body.extend_from_slice(&sse::retry_jittered(self.retry_ms));
+        respond(
+            stream_head(StatusCode::OK),
+            Full::new(Bytes::from(body)).boxed(),
+        )
+    }
+
+    /// Checks every selector against the caller's grant (or the anonymous list).
+    fn authorize(&self, grant: Option<&Grant>, request: &SubscribeRequest) -> Result<(), ApiError> {
+        for s in &request.selectors {
+            let key = s.key.as_deref();
+            if self.auth.anonymous_may_subscribe(&s.topic, key) {
+                continue;
+            }
+            let shown = match key {
+                Some(k) => format!("{}/{k}", s.topic),
+                None => s.topic.clone(),
+            };
+            match grant {
+                None => {
+                    return Err(ApiError::Unauthorized(format!(
+                        "`{shown}` needs a token (Authorization: Bearer, the {} cookie, or access_token=)",
+                        self.auth.cookie_name()
+                    )))
+                }
+                Some(g) if !g.may_subscribe(&s.topic, key) => {
+                    return Err(ApiError::Forbidden(format!("the token does not grant `{shown}`")))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// When a stream must end: its token's `exp`, or the maximum lifetime.
+    /// Claims are the signer's to choose: an `exp` too far ahead to be an
+    /// instant of this clock is no deadline, never an overflow.
+    fn deadline(&self, grant: Option<&Grant>) -> Option<(tokio::time::Instant, &'static str)> {
+        let now = tokio::time::Instant::now();
+        let exp = grant.and_then(|g| g.expires_at).and_then(|exp| {
+            let at = UNIX_EPOCH.checked_add(Duration::from_secs(exp))?;
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            Some((now.checked_add(left)?, "token_expired"))
+        });
+        let lifetime = self
+            .max_stream_lifetime
+            .and_then(|l| Some((now.checked_add(l)?, "max_lifetime")));
+        match (exp, lifetime) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// The streaming response: drains the connection's queue, one write per
+/// wake-up; unregisters the connection when it is dropped.
+pub struct StreamBody {
+    connection: Arc<Connection>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    /// What opening the stream still has to do once the head is out (Kafka
+    /// look-ups); polled with the body, dropped when done.
+    starting: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
+    /// Token expiry or maximum lifetime.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    deadline_reason: &'static str,
+    _ticket: Ticket,
+}
+
+impl StreamBody {
+    pub fn connection(&self) -> &Arc<Connection> {
+        &self.connection
+    }
+
+    /// Ready once the watchdog killed this stream for stalling.
+    pub fn poll_killed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.connection.queue.poll_killed(cx)
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.connection.queue.ended() == Some(End::Stalled)
+    }
+}
+
+impl Body for StreamBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if let Some(starting) = this.starting.as_mut() {
+            if starting.as_mut().poll(cx).is_ready() {
+                this.starting = None;
+            }
+        }
+        if let Some(deadline) = this.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                this.deadline = None;
+                let body = sse::signal_body("expired", &json!({"reason": this.deadline_reason}));
+                this.connection.queue.end(End::Expired, Some(body));
+            }
+        }
+        match this.connection.queue.poll_drain(cx) {
+            Poll::Ready(Some(drained)) => {
+                this.metrics
+                    .bytes_delivered
+                    .inc_by(drained.bytes.len() as u64);
+                if let Some(ts) = drained.oldest_record_ms {
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                        .unwrap_or(ts);
+                    this.metrics
+                        .delivery_latency
+                        .observe(now.saturating_sub(ts).max(0) as f64 / 1000.0);
+                }
+                Poll::Ready(Some(Ok(Frame::data(drained.bytes))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for StreamBody {
+    fn drop(&mut self) {
+        self.registry.unsubscribe(&self.connection);
+    }
+}

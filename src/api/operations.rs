@@ -1,0 +1,117 @@
+//! The operations views: `/healthz` (alive; never depends on Kafka),
+//! `/readyz` (Kafka reachable, not draining, not full), `/metrics`
+//! (Prometheus) and `/v1/stats` (JSON: connections, subscriptions per
+//! topic and key, partitions).
+//!
+//! `/metrics` and `/v1/stats` say who reads what: on the public port of a
+//! node with auth they need a token with the `ops` grant; the operations
+//! listener (`--ops-listen`, a private address) serves them to anyone who
+//! can reach it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::json;
+
+use super::{json, respond, Health, HttpBody};
+use crate::auth::Auth;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// A view, by path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Health,
+    Ready,
+    Metrics,
+    Stats,
+}
+
+impl View {
+    /// Whether the view reveals who reads what (and so needs the ops grant
+    /// on the public port).
+    pub fn is_private(self) -> bool {
+        matches!(self, View::Metrics | View::Stats)
+    }
+}
+
+/// What the views need.
+pub struct Operations {
+    pub registry: Arc<Registry>,
+    pub health: Arc<Health>,
+    pub auth: Arc<Auth>,
+    pub metrics: Arc<Metrics>,
+    pub node_id: String,
+    pub bootstrap: String,
+    pub embedded: bool,
+}
+
+impl Operations {
+    pub fn view(&self, view: View) -> Response<HttpBody> {
+        match view {
+            View::Health => json(StatusCode::OK, json!({"status": "ok"}).to_string()),
+            View::Ready => self.readiness(),
+            View::Metrics => respond(
+                Response::builder().header(header::CONTENT_TYPE, "text/plain; version=0.0.4"),
+                Full::new(Bytes::from(self.metrics.render())).boxed(),
+            ),
+            View::Stats => json(StatusCode::OK, self.stats().to_string()),
+        }
+    }
+
+    /// Whether a request on the public port may see a private view: anyone
+    /// on an open node, a token with the `ops` grant otherwise.
+    pub fn authorize(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+    ) -> Result<(), ApiError> {
+        match self.auth.grant(headers, query)? {
+            Some(g) if g.may_operate() => Ok(()),
+            Some(_) => Err(ApiError::Forbidden(
+                "the token does not grant the operations views (\"ops\": true)".into(),
+            )),
+            None => Err(ApiError::Unauthorized(
+                "the operations views need a token with \"ops\": true, or the operations listener (--ops-listen)".into(),
+            )),
+        }
+    }
+
+    fn readiness(&self) -> Response<HttpBody> {
+        let ready = self.health.is_ready();
+        json(
+            if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            },
+            json!({
+                "ready": ready,
+                "kafka_reachable": self.health.kafka_reachable(),
+                "draining": self.health.is_draining(),
+            })
+            .to_string(),
+        )
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let snap = self.registry.snapshot();
+        let assigned: Vec<_> = snap.partitions.iter().filter(|p| p.assigned).collect();
+        json!({
+            "node_id": self.node_id,
+            "connections": self.registry.connection_count(),
+            "subscriptions": {"topics": snap.topics, "keys": snap.keys},
+            "assigned_partitions": assigned,
+            "partitions": snap.partitions,
+            "kafka": {
+                "bootstrap_servers": self.bootstrap,
+                "embedded": self.embedded,
+                "reachable": self.health.kafka_reachable(),
+            },
+            "ready": self.health.is_ready(),
+        })
+    }
+}

@@ -1,0 +1,385 @@
+//! A node: the composition root. It builds every part from the
+//! configuration, wires each handler to only what it uses, starts the
+//! threads and tasks, and stops them in order on shutdown.
+//!
+//! Shutdown is one cancellation tree, stopped stage by stage:
+//!
+//! 1. `drain`: the node turns unready; new streams are answered `200`,
+//!    `retry:` and an end; open streams are closed spread over the drain
+//!    window, each with a jittered `retry:`, so their clients come back
+//!    through the load balancer without a thundering herd.
+//! 2. `accept` and `background`: the listeners stop, hyper connections shut
+//!    down gracefully, the sweeps end. The node waits for its tasks for at
+//!    most the shutdown grace, then ends whatever streams are left.
+//! 3. `kafka`: the ingest thread and the catch-up readers stop, the Kafka
+//!    clients are dropped, and only then the embedded Kafka: a client whose
+//!    broker vanished would log connection errors on its way out.
+//!
+//! Dropping a `Node` without `shutdown` cancels the whole tree at once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::BaseConsumer;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+
+use crate::admission::Admission;
+use crate::api::events::Events;
+use crate::api::operations::Operations;
+use crate::api::publish::Publisher;
+use crate::api::Health;
+use crate::auth::{Auth, AuthConfig};
+use crate::catchup::Catchup;
+use crate::config::Config;
+use crate::cors::Cors;
+use crate::embedded::EmbeddedKafka;
+use crate::http::{self, Edge, EdgeLimits};
+use crate::ingest::Ingest;
+use crate::kafka::{self, Kafka};
+use crate::metrics::Metrics;
+use crate::queue::End;
+use crate::registry::{Registry, ReplayBufferLimits};
+use crate::subscribe::{SelectorLimits, Subscriptions};
+use crate::{sse, sweeps};
+
+/// How often the node checks that Kafka answers (and refreshes its topic table).
+const KAFKA_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// After the grace, how long the streams that were ended get to go.
+const LAST_WORDS: Duration = Duration::from_secs(1);
+
+/// The stages of a node's shutdown: children of one root.
+struct Shutdown {
+    drain: CancellationToken,
+    accept: CancellationToken,
+    background: CancellationToken,
+    kafka: CancellationToken,
+    /// Cancels the whole tree if the node is dropped without `shutdown`.
+    _root: DropGuard,
+}
+
+impl Shutdown {
+    fn new() -> Shutdown {
+        let root = CancellationToken::new();
+        Shutdown {
+            drain: root.child_token(),
+            accept: root.child_token(),
+            background: root.child_token(),
+            kafka: root.child_token(),
+            _root: root.drop_guard(),
+        }
+    }
+}
+
+/// A running node.
+pub struct Node {
+    addr: SocketAddr,
+    ops_addr: Option<SocketAddr>,
+    bootstrap: String,
+    embedded: Option<Arc<EmbeddedKafka>>,
+    edge: Arc<Edge>,
+    registry: Arc<Registry>,
+    ingest: Arc<Ingest>,
+    catchup: Arc<Catchup>,
+    tasks: TaskTracker,
+    shutdown: Shutdown,
+    drain_window: Duration,
+    grace: Duration,
+    retry_ms: u64,
+}
+
+/// Runs a node until `stop` is cancelled (SIGTERM, in `main`), then shuts
+/// it down.
+pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
+    let node = Node::start(config).await?;
+    stop.cancelled().await;
+    node.shutdown().await;
+    Ok(())
+}
+
+impl Node {
+    /// Starts a node: Kafka clients (an embedded Kafka without `--brokers`),
+    /// the ingest thread, the catch-up readers, the sweeps and the listeners.
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        config.validate()?;
+        let shutdown = Shutdown::new();
+        let tasks = TaskTracker::new();
+        let auth = Arc::new(auth(&config)?);
+        let cors = Arc::new(Cors::new(&config.cors_origins, config.cors_credentials));
+        let admission = Arc::new(Admission::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.trusted_proxy_header.as_deref(),
+            config.max_new_streams_per_second,
+        )?);
+        let (embedded, bootstrap) = kafka_cluster(&config).await?;
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::new(
+            ReplayBufferLimits {
+                bytes: config.replay_buffer_bytes,
+                records: config.replay_buffer_records,
+            },
+            config.queue_bytes,
+            metrics.clone(),
+        ));
+        // The live consumer also answers the node's metadata and watermark look-ups.
+        let consumer: Arc<BaseConsumer> =
+            Arc::new(kafka::consumer_config(&config, &bootstrap, "ingest").create()?);
+        let kafka = Kafka::new(consumer.clone());
+        let ingest = Arc::new(Ingest::start(
+            consumer,
+            registry.clone(),
+            metrics.clone(),
+            config.partition_linger,
+            config.event_header.clone(),
+            shutdown.kafka.clone(),
+        )?);
+        let catchup = Arc::new(Catchup::start(
+            config.catchup_readers,
+            kafka::consumer_config(&config, &bootstrap, "catchup"),
+            registry.clone(),
+            metrics.clone(),
+            config.event_header.clone(),
+            shutdown.kafka.clone(),
+        )?);
+        let health = Arc::new(Health::new(shutdown.drain.clone(), admission.clone()));
+        health.set_kafka_reachable(kafka.refresh().await);
+        let subscriptions = Arc::new(Subscriptions {
+            registry: registry.clone(),
+            kafka: kafka.clone(),
+            ingest: ingest.clone(),
+            catchup: catchup.clone(),
+            max_partitions: config.max_stream_partitions,
+            retry_ms: config.retry_ms,
+            since_supported: embedded.is_none(),
+        });
+        let edge = Arc::new(Edge {
+            events: Events {
+                subscriptions,
+                auth: auth.clone(),
+                admission,
+                health: health.clone(),
+                metrics: metrics.clone(),
+                limits: SelectorLimits {
+                    max_selectors: config.max_selectors,
+                    max_key_bytes: config.max_key_bytes,
+                },
+                retry_ms: config.retry_ms,
+                max_stream_lifetime: config.max_stream_lifetime,
+            },
+            publisher: Publisher {
+                producer: kafka::producer(&config, &bootstrap)?,
+                kafka: kafka.clone(),
+                embedded: embedded.clone().map(|e| (e, config.embedded_partitions)),
+                auth: auth.clone(),
+                cors: cors.clone(),
+                metrics: metrics.clone(),
+                max_body_bytes: config.max_body_bytes,
+            },
+            operations: Operations {
+                registry: registry.clone(),
+                health: health.clone(),
+                auth,
+                metrics: metrics.clone(),
+                node_id: config.node_id.clone(),
+                bootstrap: bootstrap.clone(),
+                embedded: embedded.is_some(),
+            },
+            cors,
+            metrics: metrics.clone(),
+            limits: EdgeLimits {
+                max_head_bytes: config.max_header_bytes.max(8192),
+                max_url_bytes: config.max_url_bytes,
+                header_read_timeout: config.header_read_timeout,
+                write_timeout: config.write_timeout,
+            },
+        });
+        let listener = http::bind(config.listen)?;
+        let addr = listener.local_addr()?;
+        let ops_listener = config.ops_listen.map(http::bind).transpose()?;
+        let ops_addr = ops_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let background = &shutdown.background;
+        tasks.spawn(watch_kafka(kafka, health, background.clone()));
+        tasks.spawn(sweeps::stalled_writers(
+            registry.clone(),
+            metrics.clone(),
+            config.write_timeout,
+            background.clone(),
+        ));
+        tasks.spawn(sweeps::heartbeats(
+            registry.clone(),
+            config.heartbeat,
+            background.clone(),
+        ));
+        tasks.spawn(sweeps::idle_cursors(
+            registry.clone(),
+            config.idle_id_interval,
+            background.clone(),
+        ));
+        tasks.spawn(http::serve(
+            edge.clone(),
+            listener,
+            shutdown.accept.clone(),
+            tasks.clone(),
+        ));
+        if let Some(l) = ops_listener {
+            tasks.spawn(http::serve_operations(
+                edge.clone(),
+                l,
+                shutdown.accept.clone(),
+                tasks.clone(),
+            ));
+        }
+        tracing::info!(
+            listen = %addr,
+            kafka = %bootstrap,
+            embedded = embedded.is_some(),
+            "herald is serving on http://{addr}/ with Kafka at {bootstrap}"
+        );
+        Ok(Node {
+            addr,
+            ops_addr,
+            bootstrap,
+            embedded,
+            edge,
+            registry,
+            ingest,
+            catchup,
+            tasks,
+            shutdown,
+            drain_window: config.drain_window,
+            grace: config.shutdown_grace,
+            retry_ms: config.retry_ms,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The operations listener's address, when `--ops-listen` is set.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Creates a topic on the embedded Kafka.
+    pub async fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        let Some(e) = self.embedded.clone() else {
+            anyhow::bail!("this node has no embedded Kafka; create topics on your cluster");
+        };
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || e.create_topic(&name, partitions)).await??;
+        Ok(())
+    }
+
+    /// Drains (closing streams spread over the drain window) and stops
+    /// everything, in the order the module doc gives.
+    pub async fn shutdown(self) {
+        let stages = &self.shutdown;
+        stages.drain.cancel();
+        tracing::info!(connections = self.registry.connection_count(), window = ?self.drain_window, "draining");
+        self.drain().await;
+        stages.accept.cancel();
+        stages.background.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(self.grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            let left = self.registry.connections();
+            tracing::warn!(streams = left.len(), grace = ?self.grace, "ending the streams left after the grace");
+            for connection in left {
+                connection.kill();
+            }
+            let _ = tokio::time::timeout(LAST_WORDS, self.tasks.wait()).await;
+        }
+        stages.kafka.cancel();
+        let Node {
+            edge,
+            registry,
+            ingest,
+            catchup,
+            embedded,
+            ..
+        } = self;
+        // Blocking: librdkafka's clients wait for their threads as they go.
+        let _ = tokio::task::spawn_blocking(move || {
+            catchup.join();
+            ingest.join();
+            drop((edge, registry, ingest, catchup));
+            if let Some(e) = embedded {
+                e.stop();
+            }
+        })
+        .await;
+        tracing::info!("stopped");
+    }
+
+    /// Closes every open stream, spread evenly over the drain window, each
+    /// told to come back after a random part of the window.
+    async fn drain(&self) {
+        let connections = self.registry.connections();
+        let n = u32::try_from(connections.len().max(1)).unwrap_or(u32::MAX);
+        let window = self.drain_window;
+        let spread = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        let started = tokio::time::Instant::now();
+        for (i, connection) in connections.iter().enumerate() {
+            let at = started + window * u32::try_from(i).unwrap_or(u32::MAX) / n;
+            tokio::time::sleep_until(at).await;
+            connection
+                .queue
+                .end(End::Drain, Some(sse::retry_spread(self.retry_ms, spread)));
+        }
+    }
+}
+
+fn auth(config: &Config) -> anyhow::Result<Auth> {
+    let auth = Auth::new(&AuthConfig {
+        hs256_secret: config.auth_hs256_secret.clone(),
+        public_keys: config.auth_public_keys.clone(),
+        issuer: config.auth_issuer.clone(),
+        audience: config.auth_audience.clone(),
+        cookie: config.auth_cookie.clone(),
+        anonymous: config.anonymous_topics.clone(),
+        leeway_seconds: config.auth_leeway_seconds,
+    })?;
+    if auth.is_open() {
+        tracing::warn!("no auth key configured: every topic is open to anyone (set --auth-hs256-secret or --auth-public-key)");
+    }
+    Ok(auth)
+}
+
+/// The brokers to use: `--brokers`, or an embedded Kafka started here (with
+/// the demo topic, when asked for).
+async fn kafka_cluster(config: &Config) -> anyhow::Result<(Option<Arc<EmbeddedKafka>>, String)> {
+    if let Some(brokers) = &config.brokers {
+        return Ok((None, brokers.clone()));
+    }
+    let embedded = Arc::new(tokio::task::spawn_blocking(EmbeddedKafka::start).await??);
+    if let Some(topic) = &config.demo_topic {
+        let (e, topic, n) = (embedded.clone(), topic.clone(), config.embedded_partitions);
+        tokio::task::spawn_blocking(move || e.create_topic(&topic, n)).await??;
+    }
+    let bootstrap = embedded.bootstrap_servers().to_owned();
+    Ok((Some(embedded), bootstrap))
+}
+
+/// Refreshes the topic table and Kafka reachability until `stop`.
+async fn watch_kafka(kafka: Kafka, health: Arc<Health>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(KAFKA_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let reachable = kafka.refresh().await;
+        if health.set_kafka_reachable(reachable) {
+            tracing::info!(reachable, "kafka reachability changed");
+        }
+    }
+}

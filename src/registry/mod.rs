@@ -1,0 +1,264 @@
+//! Who wants what: partitions, subscription shapes and connections on this
+//! node, and the moves between them.
+//!
+//! The registry is a `dashmap` from (topic, partition) to a [`PartitionLog`].
+//! Each log keeps, behind one mutex, the subscribers of the whole partition,
+//! the subscribers of each key, and a buffer of recent records. The ingest
+//! thread fans a record out *under that mutex* and advances the log's live
+//! position there too; a subscriber joins the live stream under the same
+//! mutex, after replaying what it lacks from the buffer. That one lock is
+//! what makes "no gap, no duplicate" hold at the hand-over.
+//!
+//! - [`partition`]: a partition's log, members and recent buffer
+//! - [`shape`]: shapes, slots and filters shared by equal subscriptions
+//! - [`subscriber`]: a connection's subscription and its cursor
+//! - [`join`]: joining a slot to the live stream (the hand-over)
+//! - [`fanout`]: one record to every interested queue
+//! - [`signals`]: id-only events, start positions and gaps
+//! - [`stats`]: counts for `/v1/stats`
+
+mod fanout;
+mod join;
+mod partition;
+mod shape;
+mod signals;
+mod stats;
+mod subscriber;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use dashmap::DashMap;
+
+pub use fanout::FanoutBatch;
+pub use join::{Join, SlotStart};
+pub use partition::{PartitionLog, ReplayBufferLimits};
+pub use shape::{Filter, Shape, Slot};
+pub use subscriber::{Connection, Subscriber};
+
+use partition::Status;
+
+use crate::metrics::Metrics;
+use crate::sse::Format;
+
+/// Bytes an event adds to its body at most in a queue: the `id:` line (a
+/// cursor of the largest subscription) and framing. Used to size replays
+/// against a connection's queue bound before encoding them.
+pub const EVENT_OVERHEAD: usize = 64;
+
+pub struct Registry {
+    partitions: DashMap<(Arc<str>, i32), Arc<PartitionLog>>,
+    shapes: DashMap<String, Weak<Shape>>,
+    connections: DashMap<u64, Arc<Connection>>,
+    next_connection: AtomicU64,
+    limits: ReplayBufferLimits,
+    queue_bytes: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    pub fn new(limits: ReplayBufferLimits, queue_bytes: usize, metrics: Arc<Metrics>) -> Registry {
+        Registry {
+            partitions: DashMap::new(),
+            shapes: DashMap::new(),
+            connections: DashMap::new(),
+            next_connection: AtomicU64::new(1),
+            limits,
+            queue_bytes,
+            metrics,
+        }
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    pub fn connections(&self) -> Vec<Arc<Connection>> {
+        self.connections.iter().map(|c| c.value().clone()).collect()
+    }
+
+    /// The log for a partition, pinned so it cannot be released under us.
+    fn pin(&self, topic: &Arc<str>, partition: i32) -> Arc<PartitionLog> {
+        loop {
+            let log = self
+                .partitions
+                .entry((topic.clone(), partition))
+                .or_insert_with(|| Arc::new(PartitionLog::new(topic.clone(), partition)))
+                .value()
+                .clone();
+            let mut inner = log.lock();
+            if inner.status == Status::Retired {
+                continue;
+            }
+            inner.pins += 1;
+            inner.idle_since = None;
+            drop(inner);
+            return log;
+        }
+    }
+
+    /// Registers a connection subscribed to `slots` (topic, partition,
+    /// filter, in cursor order) under the shape named by `canonical`, shared
+    /// with every other connection of that shape. Every slot's partition is
+    /// pinned for the subscriber's lifetime.
+    pub fn subscribe(
+        &self,
+        canonical: String,
+        fingerprint: u32,
+        format: Format,
+        slots: Vec<(Arc<str>, i32, Filter)>,
+        peer: SocketAddr,
+    ) -> Arc<Subscriber> {
+        let logs: Vec<Arc<PartitionLog>> = slots
+            .iter()
+            .map(|(topic, partition, _)| self.pin(topic, *partition))
+            .collect();
+        let shape = self.shape(canonical, fingerprint, format, &slots, &logs);
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let connection = Arc::new(Connection::new(id, self.queue_bytes, peer));
+        let subscriber = Arc::new(Subscriber::new(connection.clone(), shape));
+        let _ = connection.subscriber.set(subscriber.clone());
+        self.connections.insert(id, connection);
+        self.metrics.connections.inc();
+        for topic in subscriber.shape.topics.iter() {
+            self.metrics.subscriptions.with_label_values(&[topic]).inc();
+        }
+        subscriber
+    }
+
+    /// The interned shape for `canonical`, or a new one. A shape never
+    /// outlives what it points to: its logs are pinned by its subscribers.
+    fn shape(
+        &self,
+        canonical: String,
+        fingerprint: u32,
+        format: Format,
+        slots: &[(Arc<str>, i32, Filter)],
+        logs: &[Arc<PartitionLog>],
+    ) -> Arc<Shape> {
+        if let Some(existing) = self.shapes.get(&canonical).and_then(|w| w.upgrade()) {
+            let same_logs = existing
+                .slots
+                .iter()
+                .zip(logs)
+                .all(|(s, l)| Arc::ptr_eq(&s.log, l));
+            if same_logs {
+                return existing;
+            }
+        }
+        let mut topics: Vec<Arc<str>> = slots.iter().map(|s| s.0.clone()).collect();
+        topics.dedup();
+        let shape = Arc::new(Shape {
+            canonical: canonical.clone(),
+            fingerprint,
+            format,
+            slots: slots
+                .iter()
+                .zip(logs)
+                .map(|((_, _, filter), log)| Slot {
+                    log: log.clone(),
+                    filter: filter.clone(),
+                })
+                .collect(),
+            topics: topics.into(),
+        });
+        self.shapes.insert(canonical, Arc::downgrade(&shape));
+        shape
+    }
+
+    /// Gives an unstarted partition its start offset. Returns true if this
+    /// call started it (the caller must then ask the ingest thread to assign
+    /// it), false if someone else did first.
+    pub fn start_partition(&self, log: &PartitionLog, offset: i64) -> bool {
+        let mut inner = log.lock();
+        if inner.status != Status::Unstarted {
+            return false;
+        }
+        inner.status = Status::Started;
+        inner.recent_floor = offset;
+        log.live.store(offset, Ordering::Release);
+        true
+    }
+
+    /// Releases partitions nobody has wanted for `linger`. Returns the logs
+    /// the ingest consumer must unassign.
+    pub fn release_idle(&self, linger: std::time::Duration) -> Vec<Arc<PartitionLog>> {
+        let candidates: Vec<Arc<PartitionLog>> =
+            self.partitions.iter().map(|e| e.value().clone()).collect();
+        let mut released = Vec::new();
+        for log in candidates {
+            let mut inner = log.lock();
+            let idle = inner.pins == 0 && inner.idle_since.is_some_and(|t| t.elapsed() >= linger);
+            if !idle {
+                continue;
+            }
+            let was_started = inner.status == Status::Started;
+            inner.status = Status::Retired;
+            inner.recent.clear();
+            self.partitions
+                .remove_if(&(log.topic.clone(), log.partition), |_, v| {
+                    Arc::ptr_eq(v, &log)
+                });
+            drop(inner);
+            if was_started {
+                released.push(log);
+            }
+        }
+        released
+    }
+
+    /// Forgets a connection: leaves every partition it joined, unpins them.
+    pub fn unsubscribe(&self, connection: &Connection) {
+        if self.connections.remove(&connection.id).is_none() {
+            return;
+        }
+        self.metrics.connections.dec();
+        let Some(sub) = connection.subscriber() else {
+            return;
+        };
+        sub.closed.store(true, Ordering::Release);
+        for topic in sub.shape.topics.iter() {
+            self.metrics.subscriptions.with_label_values(&[topic]).dec();
+        }
+        for (i, slot) in sub.shape.slots.iter().enumerate() {
+            let mut inner = slot.log.lock();
+            if sub.slots[i].joined.load(Ordering::Acquire) {
+                let mine = |m: &partition::Member| m.slot == i && Arc::ptr_eq(&m.sub, sub);
+                match &slot.filter {
+                    Filter::Whole => {
+                        if let Some(at) = inner.whole.iter().position(mine) {
+                            inner.whole.swap_remove(at);
+                        }
+                    }
+                    Filter::Keys(keys) => {
+                        for k in keys {
+                            if let Some(list) = inner.keyed.get_mut(k) {
+                                if let Some(at) = list.iter().position(mine) {
+                                    list.swap_remove(at);
+                                }
+                                if list.is_empty() {
+                                    inner.keyed.remove(k);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            inner.pins = inner.pins.saturating_sub(1);
+            if inner.pins == 0 {
+                inner.idle_since = Some(Instant::now());
+            }
+        }
+        if sub.shape.slots.is_empty() {
+            return;
+        }
+        // Drop the interned shape entry once its last subscriber is gone.
+        let canonical = sub.shape.canonical.clone();
+        self.shapes
+            .remove_if(&canonical, |_, w| w.strong_count() <= 1);
+    }
+}
