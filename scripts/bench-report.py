@@ -731,10 +731,10 @@ def report(results, directory, seconds, nruns, charts_dir, md_path):
     # ---------------------------------------------------------- method
     w("## How it was measured")
     w("")
-    w("- `herald-bench` (src/bin/herald-bench.rs) starts the server under test itself, fresh for each "
+    w("- `herald-bench` (bench/src/main.rs) starts the server under test itself, fresh for each "
       "run: `herald serve` with its embedded Kafka (librdkafka's mock cluster, in the herald process, so "
       "its CPU counts as herald's), nginx with [bench/nchan.conf](bench/nchan.conf) (2 workers, one per "
-      "core), or `herald-baseline` (src/bin/herald-baseline.rs).")
+      "core), or `herald-baseline` (bench/src/bin/herald-baseline.rs).")
     w("- Clients are worker processes of herald-bench (at most 18,000 sockets each; a process may open "
       "20,000 files), spread over 127.x.y.z source addresses (2,000 each). They speak HTTP/1.0 and parse "
       "the event stream.")

@@ -12,17 +12,43 @@
 //! the same clients measure latency and order. `GET /stats` reports what was
 //! produced, how many frames slow connections missed (broadcast lag) and the
 //! open connections.
+//!
+//! It owns its HTTP handling and the fan-out; it does not own the record
+//! value or the pacing, which are herald-bench's own (`herald_bench::record`,
+//! `herald_bench::pace`), so both sides of a comparison produce the same
+//! records at the same pace. The decision to know: a connection that falls more than `--capacity`
+//! frames behind misses frames (counted as `lagged`) instead of being
+//! disconnected or slowing the others; a baseline run with `lagged` > 0 has
+//! lost records by design and herald-bench reports them as failures.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
+use herald_bench::pace::Pacer;
+use herald_bench::record::{now_us, write_value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
+
+/// What every record frame starts with.
+const DATA_PREFIX: &[u8] = b"data: ";
+/// The response head of a stream, and a first comment so clients see bytes.
+const STREAM_HEAD: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n: ok\n\n";
+/// A request head must arrive within this, and be no longer than MAX_HEAD.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_HEAD: usize = 8192;
+/// A connection that is behind writes what is queued in one go, up to this.
+const BATCH_BYTES: usize = 64 * 1024;
+/// A batch buffer grown past this is given back after the write.
+const BATCH_KEEP: usize = 256 * 1024;
+/// The listen backlog: clients connect by the thousand at once.
+const BACKLOG: u32 = 4096;
+/// Pause after a failed accept (out of files), instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 #[derive(Parser)]
 #[command(about = "Speed-of-light SSE fan-out writer (herald-bench's baseline)")]
@@ -47,38 +73,23 @@ struct State {
     connections: AtomicU64,
 }
 
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
+/// One record as an event: `data: <value>` and the blank line; stream 0.
 fn frame(seq: u64, size: usize) -> Bytes {
-    let mut v = format!("data: {} 0 {seq} ", now_us()).into_bytes();
-    if v.len() < size + 6 {
-        v.resize(size + 6, b'x');
-    }
+    let mut v = Vec::with_capacity(DATA_PREFIX.len() + size + 2);
+    v.extend_from_slice(DATA_PREFIX);
+    write_value(&mut v, now_us(), 0, seq, size);
     v.extend_from_slice(b"\n\n");
     Bytes::from(v)
 }
 
 async fn generate(state: Arc<State>) {
-    let (mut seq, mut cur) = (0u64, 0u64);
-    let (mut base_t, mut base_n) = (Instant::now(), 0u64);
+    let mut seq = 0u64;
+    let mut pacer = Pacer::new();
     loop {
-        let r = state.rate_milli.load(Ordering::Acquire);
-        if r != cur {
-            (cur, base_t, base_n) = (r, Instant::now(), seq);
-        }
-        if r == 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            continue;
-        }
-        let due = base_t + Duration::from_secs_f64((seq - base_n) as f64 * 1000.0 / r as f64);
-        let now = Instant::now();
-        if due > now {
-            tokio::time::sleep_until(due.min(now + Duration::from_millis(5)).into()).await;
+        if !pacer
+            .due(state.rate_milli.load(Ordering::Acquire), seq)
+            .await
+        {
             continue;
         }
         let _ = state
@@ -111,7 +122,7 @@ async fn reply(mut stream: TcpStream, status: &str, body: &str) {
 async fn handle(state: Arc<State>, mut stream: TcpStream) {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
-    let read = tokio::time::timeout(Duration::from_secs(10), async {
+    let read = tokio::time::timeout(HEAD_TIMEOUT, async {
         loop {
             let n = stream.read(&mut buf).await.ok()?;
             if n == 0 {
@@ -121,7 +132,7 @@ async fn handle(state: Arc<State>, mut stream: TcpStream) {
             if head.windows(4).any(|w| w == b"\r\n\r\n") {
                 return Some(());
             }
-            if head.len() > 8192 {
+            if head.len() > MAX_HEAD {
                 return None;
             }
         }
@@ -149,8 +160,7 @@ async fn handle(state: Arc<State>, mut stream: TcpStream) {
     }
     // Everything else is a stream.
     let mut rx = state.tx.subscribe();
-    let head = b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n: ok\n\n";
-    if stream.write_all(head).await.is_err() {
+    if stream.write_all(STREAM_HEAD).await.is_err() {
         return;
     }
     state.connections.fetch_add(1, Ordering::AcqRel);
@@ -169,7 +179,7 @@ async fn handle(state: Arc<State>, mut stream: TcpStream) {
         } else {
             batch.clear();
             batch.extend_from_slice(&first);
-            while batch.len() < 64 * 1024 {
+            while batch.len() < BATCH_BYTES {
                 match rx.try_recv() {
                     Ok(b) => batch.extend_from_slice(&b),
                     Err(broadcast::error::TryRecvError::Lagged(n)) => {
@@ -183,7 +193,7 @@ async fn handle(state: Arc<State>, mut stream: TcpStream) {
         if result.is_err() {
             break;
         }
-        if batch.capacity() > 256 * 1024 {
+        if batch.capacity() > BATCH_KEEP {
             batch = Vec::new();
         }
     }
@@ -205,7 +215,7 @@ async fn main() -> anyhow::Result<()> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
     socket.bind(cli.listen)?;
-    let listener: TcpListener = socket.listen(4096)?;
+    let listener: TcpListener = socket.listen(BACKLOG)?;
     eprintln!("herald-baseline listening on {}", listener.local_addr()?);
     tokio::spawn(generate(state.clone()));
     loop {
@@ -214,7 +224,7 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => {
                 // Out of files: back off instead of spinning.
                 eprintln!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };

@@ -1,0 +1,21 @@
+//! The scenarios of DESIGN §6, one command each: what to connect, what to
+//! produce and what to report. Each says only what is its own; starting and
+//! stopping the server, the clients and the producer, measuring and
+//! writing the result are the engine's ([`crate::engine`]).
+//!
+//! The decision to know: a scenario returns its whole result as JSON (the
+//! `--json` file, read by scripts/bench-report.py), with `ok` false when it
+//! found a problem; main.rs exits non-zero on that. Keys of that JSON are
+//! an interface: rename none without changing the report script.
+
+mod cursor;
+mod flows;
+mod idle;
+mod resume;
+mod smoke;
+
+pub use cursor::cursor_sizes;
+pub use flows::{broadcast, keyed, latency};
+pub use idle::idle;
+pub use resume::resume;
+pub use smoke::smoke;

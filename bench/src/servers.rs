@@ -1,0 +1,489 @@
+//! The servers under test: herald (one or several nodes, the first with its
+//! embedded Kafka), nginx + nchan, the speed-of-light herald-baseline, or a
+//! herald node already running (`--target`).
+//!
+//! It owns starting them (a free port each, a log file in the scratch
+//! directory, ready when their status endpoint answers 200), the request
+//! path of a subscription on each kind, what the servers report about
+//! themselves (connections, assigned partitions, metrics), the processes to
+//! measure, and stopping them. It does not produce records (producer.rs) or
+//! hold clients (fleet.rs). The decision to know: every server is a child
+//! process tied to herald-bench (PR_SET_PDEATHSIG, kill on drop; nginx gets
+//! SIGTERM so that its master takes its workers along), so no run, however
+//! it ends, leaves a server behind; an external node is only measured,
+//! never started or stopped.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::ValueEnum;
+use herald_bench::record::now_us;
+use serde::Serialize;
+use tokio::process::{Child, Command};
+
+use crate::client::{http_get, http_json};
+use crate::procfs::{children_of, ProcSet};
+use crate::sys;
+use crate::ServerArgs;
+
+/// A node must answer its ready endpoint within this after it was started.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a starting node is asked whether it is ready.
+const READY_POLL: Duration = Duration::from_millis(50);
+/// Times a start is retried because another socket took the port first.
+const PORT_RETRIES: u32 = 3;
+/// Ports are picked in [PORT_BASE, PORT_BASE + PORT_SPAN), below Linux's
+/// ephemeral range (32768–60999).
+const PORT_BASE: u16 = 20_000;
+const PORT_SPAN: u64 = 12_000;
+const PORT_TRIES: u64 = 500;
+/// How long nginx may take to stop on SIGTERM before it is killed.
+const NGINX_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lines of a server's log shown when it fails to start.
+const LOG_TAIL_LINES: usize = 15;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// herald serve with its embedded Kafka (started here).
+    Herald,
+    /// nginx + nchan from bench/nchan.conf (started here).
+    Nchan,
+    /// herald-baseline, the speed-of-light writer (started here).
+    Baseline,
+    /// A herald node already running at --target.
+    External,
+}
+
+pub struct Node {
+    pub addr: SocketAddr,
+    pub pid: Option<u32>,
+    child: Option<Child>,
+}
+
+pub struct Server {
+    pub kind: Kind,
+    pub nodes: Vec<Node>,
+    /// Kafka bootstrap servers (herald).
+    pub brokers: Option<String>,
+    pub topic: String,
+    /// The scratch directory, and whether it is ours to remove.
+    scratch: Option<(PathBuf, bool)>,
+    external_pids: Vec<u32>,
+}
+
+/// How to start one node and know it is ready.
+struct Launch {
+    cmd: Command,
+    ready_path: &'static str,
+    /// What the node receives when herald-bench dies.
+    death_signal: libc::c_int,
+}
+
+/// A free loopback port below the ephemeral range, so that no socket bound
+/// to port 0 meanwhile (the embedded Kafka's brokers, clients) can take it
+/// between this check and the server's bind.
+fn free_port() -> anyhow::Result<u16> {
+    let seed = now_us() ^ (u64::from(std::process::id()) << 20);
+    for i in 0..PORT_TRIES {
+        let port = PORT_BASE + ((seed / 7 + i * 7919) % PORT_SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `name` in the directory of this executable (where cargo puts every
+/// binary of the workspace).
+fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn nchan_template(args: &ServerArgs) -> anyhow::Result<String> {
+    let candidates = match &args.nchan_conf {
+        Some(p) => vec![p.clone()],
+        None => {
+            let mut v = vec![PathBuf::from("bench/nchan.conf")];
+            if let Ok(exe) = std::env::current_exe() {
+                // target/release/herald-bench → repo/bench/nchan.conf
+                if let Some(root) = exe.ancestors().nth(3) {
+                    v.push(root.join("bench/nchan.conf"));
+                }
+            }
+            v
+        }
+    };
+    for c in &candidates {
+        if let Ok(text) = std::fs::read_to_string(c) {
+            return Ok(text);
+        }
+    }
+    bail!("nginx configuration not found (tried {candidates:?}); pass --nchan-conf")
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+}
+
+/// The Kafka bootstrap servers a herald node reports.
+async fn herald_brokers(addr: SocketAddr) -> anyhow::Result<Option<String>> {
+    let stats = http_json(addr, "/v1/stats").await?;
+    Ok(stats["kafka"]["bootstrap_servers"]
+        .as_str()
+        .map(str::to_owned))
+}
+
+/// The `connections` a JSON status endpoint reports (0 if it does not answer).
+async fn json_connections(addr: SocketAddr, path: &str) -> u64 {
+    http_json(addr, path)
+        .await
+        .ok()
+        .and_then(|v| v["connections"].as_u64())
+        .unwrap_or(0)
+}
+
+/// A herald node's Prometheus metrics, each summed over its labels (empty
+/// if the node does not answer).
+pub async fn metrics(addr: SocketAddr) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    if let Ok((200, body)) = http_get(addr, "/metrics").await {
+        for line in body.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let name = name.split('{').next().unwrap_or(name).to_owned();
+            if let Ok(v) = value.parse::<f64>() {
+                *out.entry(name).or_insert(0.0) += v;
+            }
+        }
+    }
+    out
+}
+
+impl Server {
+    /// Starts `nodes` nodes of `args`' kind (only herald may have several),
+    /// or attaches to `--target`.
+    pub async fn start(args: &ServerArgs, nodes: usize) -> anyhow::Result<Server> {
+        let kind = if args.target.is_some() {
+            Kind::External
+        } else {
+            args.server
+        };
+        if kind != Kind::Herald && kind != Kind::External && nodes > 1 {
+            bail!("several nodes only for herald");
+        }
+        let mut server = Server {
+            kind,
+            nodes: Vec::new(),
+            brokers: args.brokers.clone(),
+            topic: args.topic.clone(),
+            scratch: None,
+            external_pids: args.pid.clone(),
+        };
+        if kind == Kind::External {
+            let addr = args.target.context("--target")?;
+            if server.brokers.is_none() {
+                server.brokers = herald_brokers(addr).await?;
+            }
+            server.nodes.push(Node {
+                addr,
+                pid: args.pid.first().copied(),
+                child: None,
+            });
+            return Ok(server);
+        }
+        let scratch = match &args.scratch {
+            Some(p) => (p.clone(), false),
+            None => (
+                std::env::temp_dir().join(format!("herald-bench-{}", std::process::id())),
+                true,
+            ),
+        };
+        std::fs::create_dir_all(&scratch.0)?;
+        server.scratch = Some(scratch.clone());
+        let dir = scratch.0;
+        let mut retries = 0;
+        while server.nodes.len() < nodes {
+            let Some(node) = server
+                .start_node(args, &dir, retries < PORT_RETRIES)
+                .await?
+            else {
+                retries += 1;
+                continue;
+            };
+            if kind == Kind::Herald && server.nodes.is_empty() && server.brokers.is_none() {
+                server.brokers = herald_brokers(node.addr).await?;
+            }
+            server.nodes.push(node);
+        }
+        Ok(server)
+    }
+
+    /// How to start node `n` on `addr`.
+    fn launch(
+        &self,
+        args: &ServerArgs,
+        n: usize,
+        addr: SocketAddr,
+        dir: &Path,
+    ) -> anyhow::Result<Launch> {
+        Ok(match self.kind {
+            Kind::Herald => {
+                let bin = args.herald_bin.clone().unwrap_or_else(|| sibling("herald"));
+                let mut cmd = Command::new(bin);
+                cmd.args(["serve", "--listen", &addr.to_string()])
+                    .args(["--node-id", &format!("bench-{n}")]);
+                match (n, &self.brokers) {
+                    (0, None) => {
+                        cmd.args(["--demo-topic", &args.topic])
+                            .args(["--embedded-partitions", &args.partitions.to_string()]);
+                    }
+                    (_, Some(b)) => {
+                        cmd.args(["--brokers", b]);
+                    }
+                    (_, None) => bail!("no brokers for node {n}"),
+                }
+                cmd.args(&args.herald_args);
+                if std::env::var_os("HERALD_LOG").is_none() {
+                    cmd.env("HERALD_LOG", "warn");
+                }
+                Launch {
+                    cmd,
+                    ready_path: "/readyz",
+                    death_signal: libc::SIGKILL,
+                }
+            }
+            Kind::Baseline => {
+                let bin = args
+                    .baseline_bin
+                    .clone()
+                    .unwrap_or_else(|| sibling("herald-baseline"));
+                let mut cmd = Command::new(bin);
+                cmd.args(["--listen", &addr.to_string()]);
+                Launch {
+                    cmd,
+                    ready_path: "/stats",
+                    death_signal: libc::SIGKILL,
+                }
+            }
+            Kind::Nchan => {
+                let conf = nchan_template(args)?.replace("@LISTEN@", &addr.to_string());
+                let prefix = dir.join(format!("nchan-{n}"));
+                for t in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+                    std::fs::create_dir_all(prefix.join("tmp").join(t))?;
+                }
+                let conf_path = prefix.join("nginx.conf");
+                std::fs::write(&conf_path, conf)?;
+                let mut cmd = Command::new(&args.nginx);
+                cmd.arg("-p")
+                    .arg(&prefix)
+                    .arg("-c")
+                    .arg(&conf_path)
+                    .arg("-e")
+                    .arg(prefix.join("error.log"))
+                    .args(["-g", "daemon off;"]);
+                Launch {
+                    cmd,
+                    ready_path: "/status",
+                    death_signal: libc::SIGTERM,
+                }
+            }
+            Kind::External => bail!("an external node is not started here"),
+        })
+    }
+
+    /// Starts the next node and waits until it is ready. None: it exited
+    /// because its port was taken meanwhile and `may_retry` (start again).
+    async fn start_node(
+        &self,
+        args: &ServerArgs,
+        dir: &Path,
+        may_retry: bool,
+    ) -> anyhow::Result<Option<Node>> {
+        let (kind, n) = (self.kind, self.nodes.len());
+        let port = free_port()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let log_path = dir.join(format!("{}-{n}.log", format!("{kind:?}").to_lowercase()));
+        let log = std::fs::File::create(&log_path)?;
+        let Launch {
+            mut cmd,
+            ready_path,
+            death_signal,
+        } = self.launch(args, n, addr, dir)?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        sys::die_with_parent(&mut cmd, death_signal);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {kind:?} ({:?})", cmd.as_std().get_program()))?;
+        let pid = child.id();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let tail = log_tail(&log_path);
+                if tail.contains("Address already in use") && may_retry {
+                    return Ok(None);
+                }
+                bail!(
+                    "{kind:?} exited during start-up ({status}); {}:\n{tail}",
+                    log_path.display(),
+                );
+            }
+            if let Ok((200, _)) = http_get(addr, ready_path).await {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{kind:?} not ready on {addr} after {} s",
+                    START_TIMEOUT.as_secs()
+                );
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+        Ok(Some(Node {
+            addr,
+            pid,
+            child: Some(child),
+        }))
+    }
+
+    /// herald, started here or not (the kinds with Kafka, keys and cursors).
+    pub fn is_herald(&self) -> bool {
+        matches!(self.kind, Kind::Herald | Kind::External)
+    }
+
+    /// The first node's address (the one clients and control requests use).
+    pub fn addr(&self) -> SocketAddr {
+        self.nodes[0].addr
+    }
+
+    /// The processes of node `node` (an external server: its --pid).
+    pub fn procs(&self, node: usize) -> ProcSet {
+        if self.kind == Kind::External {
+            return ProcSet {
+                roots: self.external_pids.clone(),
+            };
+        }
+        ProcSet {
+            roots: self.nodes[node].pid.into_iter().collect(),
+        }
+    }
+
+    /// The processes of every node.
+    pub fn all_procs(&self) -> ProcSet {
+        if self.kind == Kind::External {
+            return self.procs(0);
+        }
+        ProcSet {
+            roots: self.nodes.iter().filter_map(|n| n.pid).collect(),
+        }
+    }
+
+    /// The request path for one key (None: the whole topic).
+    pub fn path(&self, key: Option<&str>) -> anyhow::Result<String> {
+        Ok(match (self.kind, key) {
+            (Kind::Herald | Kind::External, Some(k)) => {
+                format!("/v1/events?topic={}/{k}", self.topic)
+            }
+            (Kind::Herald | Kind::External, None) => format!("/v1/events?topic={}", self.topic),
+            (_, Some(k)) => format!("/sub/{k}"),
+            (_, None) => bail!("{:?} has no whole-topic subscription", self.kind),
+        })
+    }
+
+    /// The request paths for one client per key.
+    pub fn paths<K: AsRef<str>>(&self, keys: &[K]) -> anyhow::Result<Vec<String>> {
+        keys.iter().map(|k| self.path(Some(k.as_ref()))).collect()
+    }
+
+    /// herald: the partitions of the topic the first node has assigned.
+    pub async fn assigned_partitions(&self) -> Option<BTreeSet<i32>> {
+        let stats = http_json(self.addr(), "/v1/stats").await.ok()?;
+        Some(
+            stats["assigned_partitions"]
+                .as_array()?
+                .iter()
+                .filter(|p| p["topic"].as_str() == Some(self.topic.as_str()))
+                .filter_map(|p| p["partition"].as_i64().map(|v| v as i32))
+                .collect(),
+        )
+    }
+
+    /// Connections the server itself counts.
+    pub async fn reported_connections(&self) -> u64 {
+        let mut total = 0;
+        for node in &self.nodes {
+            total += match self.kind {
+                Kind::Herald | Kind::External => json_connections(node.addr, "/v1/stats").await,
+                Kind::Baseline => json_connections(node.addr, "/stats").await,
+                Kind::Nchan => http_get(node.addr, "/status")
+                    .await
+                    .ok()
+                    .and_then(|(_, b)| {
+                        b.lines()
+                            .find_map(|l| l.strip_prefix("subscribers:"))
+                            .and_then(|v| v.trim().parse().ok())
+                    })
+                    .unwrap_or(0),
+            };
+        }
+        total
+    }
+
+    pub async fn stop(mut self) {
+        // Node 0 holds the embedded Kafka the others use: it goes last.
+        for node in self.nodes.iter_mut().rev() {
+            if let Some(child) = node.child.as_mut() {
+                if self.kind == Kind::Nchan {
+                    if let Some(pid) = node.pid {
+                        sys::signal(pid, libc::SIGTERM);
+                    }
+                    if tokio::time::timeout(NGINX_STOP_TIMEOUT, child.wait())
+                        .await
+                        .is_ok()
+                    {
+                        continue;
+                    }
+                }
+                let _ = child.kill().await;
+            }
+        }
+        self.nodes.clear();
+        if let Some((dir, true)) = self.scratch.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Error paths: nginx's workers must not outlive their master.
+        if self.kind == Kind::Nchan {
+            for node in &self.nodes {
+                if let Some(pid) = node.pid {
+                    for c in children_of(pid) {
+                        sys::signal(c, libc::SIGTERM);
+                    }
+                    sys::signal(pid, libc::SIGTERM);
+                }
+            }
+        }
+        if let Some((dir, true)) = self.scratch.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
