@@ -105,14 +105,6 @@ impl Node {
         config.validate()?;
         let shutdown = Shutdown::new();
         let tasks = TaskTracker::new();
-        let auth = Arc::new(auth(&config)?);
-        let cors = Arc::new(Cors::new(&config.cors_origins, config.cors_credentials));
-        let admission = Arc::new(Admission::new(
-            config.max_connections,
-            config.max_connections_per_ip,
-            config.trusted_proxy_header.as_deref(),
-            config.max_new_streams_per_second,
-        )?);
         let (embedded, bootstrap) = kafka_cluster(&config).await?;
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(
@@ -123,99 +115,35 @@ impl Node {
             config.queue_bytes,
             metrics.clone(),
         ));
-        // The live consumer also answers the node's metadata and watermark look-ups.
-        let consumer: Arc<BaseConsumer> =
-            Arc::new(kafka::consumer_config(&config, &bootstrap, "ingest").create()?);
-        let kafka = Kafka::new(consumer.clone());
-        let ingest = Arc::new(Ingest::start(
-            consumer,
-            registry.clone(),
-            metrics.clone(),
-            config.partition_linger,
-            config.event_header.clone(),
-            shutdown.kafka.clone(),
-        )?);
-        let catchup = Arc::new(Catchup::start(
-            config.catchup_readers,
-            kafka::consumer_config(&config, &bootstrap, "catchup"),
-            registry.clone(),
-            metrics.clone(),
-            config.event_header.clone(),
-            shutdown.kafka.clone(),
+        let readers = Readers::start(&config, &bootstrap, &registry, &metrics, &shutdown.kafka)?;
+        let admission = Arc::new(Admission::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.trusted_proxy_header.as_deref(),
+            config.max_new_streams_per_second,
         )?);
         let health = Arc::new(Health::new(shutdown.drain.clone(), admission.clone()));
-        health.set_kafka_reachable(kafka.refresh().await);
-        let subscriptions = Arc::new(Subscriptions {
-            registry: registry.clone(),
-            kafka: kafka.clone(),
-            ingest: ingest.clone(),
-            catchup: catchup.clone(),
-            max_partitions: config.max_stream_partitions,
-            retry_ms: config.retry_ms,
-            since_supported: embedded.is_none(),
-        });
-        let edge = Arc::new(Edge {
-            events: Events {
-                subscriptions,
-                auth: auth.clone(),
-                admission,
-                health: health.clone(),
-                metrics: metrics.clone(),
-                limits: SelectorLimits {
-                    max_selectors: config.max_selectors,
-                    max_key_bytes: config.max_key_bytes,
-                },
-                retry_ms: config.retry_ms,
-                max_stream_lifetime: config.max_stream_lifetime,
-            },
-            publisher: Publisher {
-                producer: kafka::producer(&config, &bootstrap)?,
-                kafka: kafka.clone(),
-                embedded: embedded.clone().map(|e| (e, config.embedded_partitions)),
-                auth: auth.clone(),
-                cors: cors.clone(),
-                metrics: metrics.clone(),
-                max_body_bytes: config.max_body_bytes,
-            },
-            operations: Operations {
-                registry: registry.clone(),
-                health: health.clone(),
-                auth,
-                metrics: metrics.clone(),
-                node_id: config.node_id.clone(),
-                bootstrap: bootstrap.clone(),
-                embedded: embedded.is_some(),
-            },
-            cors,
-            metrics: metrics.clone(),
-            limits: EdgeLimits {
-                max_head_bytes: config.max_header_bytes.max(8192),
-                max_url_bytes: config.max_url_bytes,
-                header_read_timeout: config.header_read_timeout,
-                write_timeout: config.write_timeout,
-            },
-        });
+        health.set_kafka_reachable(readers.kafka.refresh().await);
+        let wiring = Wiring {
+            config: &config,
+            bootstrap: &bootstrap,
+            embedded: &embedded,
+            registry: &registry,
+            readers: &readers,
+            metrics: &metrics,
+            health: &health,
+            admission,
+        };
+        let edge = Arc::new(wiring.edge()?);
         let listener = http::bind(config.listen)?;
         let addr = listener.local_addr()?;
         let ops_listener = config.ops_listen.map(http::bind).transpose()?;
         let ops_addr = ops_listener.as_ref().map(|l| l.local_addr()).transpose()?;
-        let background = &shutdown.background;
-        tasks.spawn(watch_kafka(kafka, health, background.clone()));
-        tasks.spawn(sweeps::stalled_writers(
-            registry.clone(),
-            metrics.clone(),
-            config.write_timeout,
-            background.clone(),
-        ));
-        tasks.spawn(sweeps::heartbeats(
-            registry.clone(),
-            config.heartbeat,
-            background.clone(),
-        ));
-        tasks.spawn(sweeps::idle_cursors(
-            registry.clone(),
-            config.idle_id_interval,
-            background.clone(),
+        spawn_sweeps(&tasks, &config, &registry, &metrics, &shutdown.background);
+        tasks.spawn(watch_kafka(
+            readers.kafka.clone(),
+            health,
+            shutdown.background.clone(),
         ));
         tasks.spawn(http::serve(
             edge.clone(),
@@ -244,8 +172,8 @@ impl Node {
             embedded,
             edge,
             registry,
-            ingest,
-            catchup,
+            ingest: readers.ingest,
+            catchup: readers.catchup,
             tasks,
             shutdown,
             drain_window: config.drain_window,
@@ -338,6 +266,123 @@ impl Node {
     }
 }
 
+/// The node's Kafka readers: the live consumer (which also answers the
+/// node's metadata and watermark look-ups) on the ingest thread, and the
+/// catch-up pool.
+struct Readers {
+    kafka: Kafka,
+    ingest: Arc<Ingest>,
+    catchup: Arc<Catchup>,
+}
+
+impl Readers {
+    fn start(
+        config: &Config,
+        bootstrap: &str,
+        registry: &Arc<Registry>,
+        metrics: &Arc<Metrics>,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Readers> {
+        let consumer: Arc<BaseConsumer> =
+            Arc::new(kafka::consumer_config(config, bootstrap, "ingest").create()?);
+        let kafka = Kafka::new(consumer.clone());
+        let ingest = Arc::new(Ingest::start(
+            consumer,
+            registry.clone(),
+            metrics.clone(),
+            config.partition_linger,
+            config.event_header.clone(),
+            stop.clone(),
+        )?);
+        let catchup = Arc::new(Catchup::start(
+            config.catchup_readers,
+            kafka::consumer_config(config, bootstrap, "catchup"),
+            registry.clone(),
+            metrics.clone(),
+            config.event_header.clone(),
+            stop.clone(),
+        )?);
+        Ok(Readers {
+            kafka,
+            ingest,
+            catchup,
+        })
+    }
+}
+
+/// What the handlers are built from: each takes only its part.
+struct Wiring<'a> {
+    config: &'a Config,
+    bootstrap: &'a str,
+    embedded: &'a Option<Arc<EmbeddedKafka>>,
+    registry: &'a Arc<Registry>,
+    readers: &'a Readers,
+    metrics: &'a Arc<Metrics>,
+    health: &'a Arc<Health>,
+    admission: Arc<Admission>,
+}
+
+impl Wiring<'_> {
+    fn edge(self) -> anyhow::Result<Edge> {
+        let config = self.config;
+        let auth = Arc::new(auth(config)?);
+        let cors = Arc::new(Cors::new(&config.cors_origins, config.cors_credentials));
+        let subscriptions = Arc::new(Subscriptions {
+            registry: self.registry.clone(),
+            kafka: self.readers.kafka.clone(),
+            ingest: self.readers.ingest.clone(),
+            catchup: self.readers.catchup.clone(),
+            max_partitions: config.max_stream_partitions,
+            retry_ms: config.retry_ms,
+            since_supported: self.embedded.is_none(),
+        });
+        Ok(Edge {
+            events: Events {
+                subscriptions,
+                auth: auth.clone(),
+                admission: self.admission,
+                health: self.health.clone(),
+                metrics: self.metrics.clone(),
+                limits: SelectorLimits {
+                    max_selectors: config.max_selectors,
+                    max_key_bytes: config.max_key_bytes,
+                },
+                retry_ms: config.retry_ms,
+                max_stream_lifetime: config.max_stream_lifetime,
+            },
+            publisher: Publisher {
+                producer: kafka::producer(config, self.bootstrap)?,
+                kafka: self.readers.kafka.clone(),
+                embedded: self
+                    .embedded
+                    .clone()
+                    .map(|e| (e, config.embedded_partitions)),
+                auth: auth.clone(),
+                cors: cors.clone(),
+                metrics: self.metrics.clone(),
+                max_body_bytes: config.max_body_bytes,
+            },
+            operations: Operations {
+                registry: self.registry.clone(),
+                health: self.health.clone(),
+                auth,
+                metrics: self.metrics.clone(),
+                node_id: config.node_id.clone(),
+                bootstrap: self.bootstrap.to_owned(),
+                embedded: self.embedded.is_some(),
+            },
+            cors,
+            metrics: self.metrics.clone(),
+            limits: EdgeLimits {
+                max_head_bytes: config.max_header_bytes.max(8192),
+                max_url_bytes: config.max_url_bytes,
+                header_read_timeout: config.header_read_timeout,
+                write_timeout: config.write_timeout,
+            },
+        })
+    }
+}
+
 fn auth(config: &Config) -> anyhow::Result<Auth> {
     let auth = Auth::new(&AuthConfig {
         hs256_secret: config.auth_hs256_secret.clone(),
@@ -367,6 +412,32 @@ async fn kafka_cluster(config: &Config) -> anyhow::Result<(Option<Arc<EmbeddedKa
     }
     let bootstrap = embedded.bootstrap_servers().to_owned();
     Ok((Some(embedded), bootstrap))
+}
+
+/// The passes over every stream (see `sweeps`), until `stop`.
+fn spawn_sweeps(
+    tasks: &TaskTracker,
+    config: &Config,
+    registry: &Arc<Registry>,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) {
+    tasks.spawn(sweeps::stalled_writers(
+        registry.clone(),
+        metrics.clone(),
+        config.write_timeout,
+        stop.clone(),
+    ));
+    tasks.spawn(sweeps::heartbeats(
+        registry.clone(),
+        config.heartbeat,
+        stop.clone(),
+    ));
+    tasks.spawn(sweeps::idle_cursors(
+        registry.clone(),
+        config.idle_id_interval,
+        stop.clone(),
+    ));
 }
 
 /// Refreshes the topic table and Kafka reachability until `stop`.

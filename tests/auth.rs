@@ -77,6 +77,16 @@ async fn status_with(
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// Opens a stream on `path` with `token` in the query (`access_token=`).
+async fn open_with_token(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    last_event_id: Option<&str>,
+) -> Stream {
+    open(addr, &format!("{path}&access_token={token}"), last_event_id).await
+}
+
 fn code(body: &str) -> String {
     serde_json::from_str::<serde_json::Value>(body)
         .ok()
@@ -241,13 +251,10 @@ async fn tenants_see_nothing_of_each_other_live_replayed_or_forged() {
             .collect();
         http(addr, "GET", &path, &h, bytes::Bytes::new()).await
     };
-    let mut sa = open(
+    let mut sa = open_with_token(
         addr,
-        &format!(
-            "{}&access_token={}",
-            events_path(&["tenant-a.orders"], "from=earliest"),
-            &a[7..]
-        ),
+        &events_path(&["tenant-a.orders"], "from=earliest"),
+        &a[7..],
         None,
     )
     .await;
@@ -257,13 +264,10 @@ async fn tenants_see_nothing_of_each_other_live_replayed_or_forged() {
         .iter()
         .all(|e| e.data.as_deref().is_some_and(|d| d.starts_with('a'))));
     let a_cursor = sa.last_id.clone().expect("id");
-    let mut sb = open(
+    let mut sb = open_with_token(
         addr,
-        &format!(
-            "{}&access_token={}",
-            events_path(&["tenant-b.orders"], "from=earliest"),
-            &b[7..]
-        ),
+        &events_path(&["tenant-b.orders"], "from=earliest"),
+        &b[7..],
         None,
     )
     .await;
@@ -312,13 +316,10 @@ async fn tenants_see_nothing_of_each_other_live_replayed_or_forged() {
     let fingerprint = u32::from_le_bytes([raw[1], raw[2], raw[3], raw[4]]);
     let mut forged = String::new();
     herald::cursor::Cursor::encode_into(fingerprint, [0i64; 4], &mut forged);
-    let mut s = open(
+    let mut s = open_with_token(
         addr,
-        &format!(
-            "{}&access_token={}",
-            events_path(&["tenant-a.orders"], ""),
-            &a[7..]
-        ),
+        &events_path(&["tenant-a.orders"], ""),
+        &a[7..],
         Some(&forged),
     )
     .await;

@@ -15,30 +15,14 @@ async fn sigterm_drains_spread_out_and_clients_resume_elsewhere_with_nothing_los
     let kafka = node().await;
     kafka.create_topic("drain", 4).await.expect("topic");
     let b = node_on(kafka.bootstrap_servers()).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
-    let a_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let window = Duration::from_secs(2);
-    let mut a = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "serve",
-            "--listen",
-            &a_addr.to_string(),
-            "--brokers",
-            kafka.bootstrap_servers(),
-        ])
-        .args(["--drain-window", "2s", "--node-id", "node-a"])
-        .env("HERALD_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("herald starts");
-    wait_for("node a ready", Duration::from_secs(20), || async move {
-        tokio::net::TcpStream::connect(a_addr).await.is_ok()
-            && request(a_addr, "GET", "/readyz", b"").await.0 == 200
-    })
+    let mut a = NodeProcess::start(
+        kafka.bootstrap_servers(),
+        "node-a",
+        &["--drain-window", "2s"],
+    )
     .await;
+    let a_addr = a.addr;
 
     let path = events_path(&["drain"], "");
     let clients = 40;
@@ -115,13 +99,7 @@ async fn sigterm_drains_spread_out_and_clients_resume_elsewhere_with_nothing_los
     })
     .await;
     let term_at = Instant::now();
-    let pid = a.id().expect("pid").to_string();
-    let killed = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .expect("kill");
-    assert!(killed.success());
+    a.terminate();
     wait_for("node a unready", SECS_10, || async move {
         request(a_addr, "GET", "/readyz", b"").await.0 == 503
     })
@@ -146,10 +124,10 @@ async fn sigterm_drains_spread_out_and_clients_resume_elsewhere_with_nothing_los
         retries.push(retry.expect("a retry: hint"));
     }
     producing.await.expect("producer");
-    let status = tokio::time::timeout(window + Duration::from_secs(10), a.wait())
+    let status = a
+        .exited(window + Duration::from_secs(10))
         .await
-        .expect("node a exits within the bound")
-        .expect("status");
+        .expect("node a exits within the bound");
     assert!(status.success(), "clean exit: {status:?}");
     ends.sort();
     let spread = *ends.last().expect("ends") - ends[0];

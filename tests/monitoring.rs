@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -56,13 +56,6 @@ fn prometheus_tool(name: &str) -> PathBuf {
                  which installs Debian's prometheus package"
             )
         })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// A node with traffic on it: two live streams on a 4-partition topic
@@ -342,35 +335,39 @@ impl Prometheus {
             "/api/v1/query?query={}",
             form_urlencoded::byte_serialize(query.as_bytes()).collect::<String>()
         );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = String::from("no answer yet");
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("prometheus exited ({status}):\n{}", self.log());
-            }
-            if let Some((status, body)) = self.get(&path).await {
+        let last = std::cell::RefCell::new(String::from("no answer yet"));
+        let found = poll_until(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            || async {
+                let (status, body) = self.get(&path).await?;
                 // 400 is a query Prometheus refuses: waiting will not help.
                 assert_ne!(status, 400, "prometheus refuses {query}: {body}");
-                if status == 200 {
-                    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-                    if let Some(result) = v["data"]["result"].as_array() {
-                        if check(result) {
-                            return v;
-                        }
-                    }
+                let v: Option<serde_json::Value> = (status == 200)
+                    .then(|| serde_json::from_str(&body).expect("json"))
+                    .filter(|v: &serde_json::Value| {
+                        v["data"]["result"].as_array().is_some_and(|r| check(r))
+                    });
+                if v.is_none() {
+                    *last.borrow_mut() = format!("{status} {body}");
                 }
-                last = format!("{status} {body}");
-            }
-            if Instant::now() > deadline {
-                let log = self.log();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                panic!(
-                    "timed out waiting for {what} ({query}); last answer: {last}\nprometheus log (last lines, newest first):\n{}",
-                    tail.join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+                v
+            },
+        )
+        .await;
+        if let Some(v) = found {
+            return v;
         }
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("prometheus exited ({status}):\n{}", self.log());
+        }
+        let log = self.log();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        panic!(
+            "timed out waiting for {what} ({query}); last answer: {}\nprometheus log (last lines, newest first):\n{}",
+            last.borrow(),
+            tail.join("\n")
+        );
     }
 
     async fn stop(mut self) {

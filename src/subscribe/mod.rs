@@ -115,6 +115,53 @@ impl Subscriptions {
         request: SubscribeRequest,
         peer: std::net::SocketAddr,
     ) -> Result<Opened, OpenError> {
+        let format = request.format;
+        let (plan, from) = self.plan(request).await?;
+        let sub =
+            self.registry
+                .subscribe(plan.canonical, plan.fingerprint, format, plan.slots, peer);
+        let guard = Unsubscribe {
+            registry: &self.registry,
+            sub: sub.clone(),
+            armed: true,
+        };
+        let mut wakers = Wakers::default();
+        sub.connection
+            .queue
+            .push(&[&sse::retry(self.retry_ms)], None, &mut wakers);
+        let mut begins = begins(&sub, &from);
+        let highs = self.cold_highs(&sub, &begins).await?;
+        self.join_before_head(&sub, &from, &mut begins, &highs, &mut wakers);
+        let sub = guard.keep();
+        if begins.iter().all(|b| *b == SlotBegin::Joined) {
+            // The start position as an id, before any record: a client cut off
+            // before its first record resumes from here, not from "now".
+            self.registry.send_cursor(&sub, &mut wakers);
+            return Ok(Opened { sub, rest: None });
+        }
+        let since = match from {
+            From::Since(ms) => Some(ms),
+            _ => None,
+        };
+        let (this, waiting) = (self.clone(), sub.clone());
+        let rest: Pin<Box<dyn Future<Output = ()> + Send + Sync>> = Box::pin(async move {
+            if let Err(e) = this.open_after_head(&waiting, &begins, since).await {
+                tracing::warn!(error = %e, "subscribe failed on Kafka; asking the client to retry");
+                waiting
+                    .connection
+                    .queue
+                    .end(End::Unavailable, Some(sse::retry_jittered(this.retry_ms)));
+            }
+        });
+        Ok(Opened {
+            sub,
+            rest: Some(rest),
+        })
+    }
+
+    /// The request's slots (partition counts from the topic table) and its
+    /// start, checked against the limits and decoded against the plan.
+    async fn plan(&self, request: SubscribeRequest) -> Result<(Plan, From), OpenError> {
         let mut counts = BTreeMap::new();
         for s in &request.selectors {
             if !counts.contains_key(&s.topic) {
@@ -144,65 +191,49 @@ impl Subscriptions {
                 From::Cursor(Cursor::decode(&text, plan.fingerprint, plan.slots.len())?)
             }
         };
-        let sub = self.registry.subscribe(
-            plan.canonical,
-            plan.fingerprint,
-            request.format,
-            plan.slots,
-            peer,
-        );
-        let guard = Unsubscribe {
-            registry: &self.registry,
-            sub: sub.clone(),
-            armed: true,
-        };
-        let mut wakers = Wakers::default();
-        sub.connection
-            .queue
-            .push(&[&sse::retry(self.retry_ms)], None, &mut wakers);
-        // Every slot's position is fixed before any slot joins: once one slot
-        // delivers, each event's id carries every slot's position, and a
-        // resume from it must skip nothing the other slots have not
-        // delivered yet.
-        let mut begins: Vec<SlotBegin> = (0..sub.shape.slots.len())
-            .map(|slot| {
-                let log = &sub.shape.slots[slot].log;
-                match &from {
-                    From::Cursor(c) => {
-                        let wanted = c.positions[slot];
-                        sub.set_position(slot, wanted);
-                        if log.serves_from_memory(wanted) && wanted <= log.live() {
-                            SlotBegin::Joined
-                        } else {
-                            SlotBegin::Cursor(wanted)
-                        }
-                    }
-                    From::Earliest => SlotBegin::Earliest,
-                    From::Since(_) => SlotBegin::Since,
-                    From::Live if log.is_started() => SlotBegin::Joined,
-                    From::Live => SlotBegin::LiveFromHigh,
-                }
-            })
-            .collect();
+        Ok((plan, from))
+    }
+
+    /// The high watermark of every slot that starts live on a partition
+    /// this node does not read yet, in one batch, set as those slots'
+    /// positions.
+    async fn cold_highs(
+        &self,
+        sub: &Subscriber,
+        begins: &[SlotBegin],
+    ) -> Result<BTreeMap<usize, i64>, KafkaError> {
         let cold: Vec<usize> = (0..begins.len())
             .filter(|&i| begins[i] == SlotBegin::LiveFromHigh)
             .collect();
         let mut highs = BTreeMap::new();
-        if !cold.is_empty() {
-            let marks = self
-                .kafka
-                .watermarks(cold.iter().map(|&i| partition_of(&sub, i)).collect())
-                .await?;
-            for (&slot, w) in cold.iter().zip(marks) {
-                sub.set_position(slot, w.high);
-                highs.insert(slot, w.high);
-            }
+        if cold.is_empty() {
+            return Ok(highs);
         }
+        let marks = self
+            .kafka
+            .watermarks(cold.iter().map(|&i| partition_of(sub, i)).collect())
+            .await?;
+        for (&slot, w) in cold.iter().zip(marks) {
+            sub.set_position(slot, w.high);
+            highs.insert(slot, w.high);
+        }
+        Ok(highs)
+    }
+
+    /// Joins every slot whose start is known before the head.
+    fn join_before_head(
+        &self,
+        sub: &Arc<Subscriber>,
+        from: &From,
+        begins: &mut [SlotBegin],
+        highs: &BTreeMap<usize, i64>,
+        wakers: &mut Wakers,
+    ) {
         for (slot, begin) in begins.iter_mut().enumerate() {
-            let at = match (*begin, &from) {
+            let at = match (*begin, from) {
                 (SlotBegin::LiveFromHigh, _) => {
                     let high = highs.get(&slot).copied().unwrap_or_default();
-                    self.start_at_high(&sub, slot, high);
+                    self.start_at_high(sub, slot, high);
                     *begin = SlotBegin::Joined;
                     SlotStart::At(high)
                 }
@@ -210,33 +241,8 @@ impl Subscriptions {
                 (SlotBegin::Joined, _) => SlotStart::Live,
                 _ => continue,
             };
-            self.join(&sub, slot, at, &mut wakers);
+            self.join(sub, slot, at, wakers);
         }
-        let sub = guard.keep();
-        if begins.iter().all(|b| *b == SlotBegin::Joined) {
-            // The start position as an id, before any record: a client cut off
-            // before its first record resumes from here, not from "now".
-            self.registry.send_cursor(&sub, &mut wakers);
-            return Ok(Opened { sub, rest: None });
-        }
-        let since = match from {
-            From::Since(ms) => Some(ms),
-            _ => None,
-        };
-        let (this, waiting) = (self.clone(), sub.clone());
-        let rest: Pin<Box<dyn Future<Output = ()> + Send + Sync>> = Box::pin(async move {
-            if let Err(e) = this.open_after_head(&waiting, &begins, since).await {
-                tracing::warn!(error = %e, "subscribe failed on Kafka; asking the client to retry");
-                waiting
-                    .connection
-                    .queue
-                    .end(End::Unavailable, Some(sse::retry_jittered(this.retry_ms)));
-            }
-        });
-        Ok(Opened {
-            sub,
-            rest: Some(rest),
-        })
     }
 
     /// The slots whose start needs Kafka, once the head has gone out: every
@@ -308,6 +314,33 @@ impl Subscriptions {
             }
         }
     }
+}
+
+/// Where each slot starts, as far as it is known without Kafka. Every
+/// slot's position is fixed here, before any slot joins: once one slot
+/// delivers, each event's id carries every slot's position, and a resume
+/// from it must skip nothing the other slots have not delivered yet.
+fn begins(sub: &Subscriber, from: &From) -> Vec<SlotBegin> {
+    (0..sub.shape.slots.len())
+        .map(|slot| {
+            let log = &sub.shape.slots[slot].log;
+            match from {
+                From::Cursor(c) => {
+                    let wanted = c.positions[slot];
+                    sub.set_position(slot, wanted);
+                    if log.serves_from_memory(wanted) && wanted <= log.live() {
+                        SlotBegin::Joined
+                    } else {
+                        SlotBegin::Cursor(wanted)
+                    }
+                }
+                From::Earliest => SlotBegin::Earliest,
+                From::Since(_) => SlotBegin::Since,
+                From::Live if log.is_started() => SlotBegin::Joined,
+                From::Live => SlotBegin::LiveFromHigh,
+            }
+        })
+        .collect()
 }
 
 fn partition_of(sub: &Subscriber, slot: usize) -> (Arc<str>, i32) {

@@ -23,15 +23,32 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    let held = poll_until(timeout, Duration::from_millis(20), || {
+        let c = cond();
+        async move { c.await.then_some(()) }
+    })
+    .await;
+    if held.is_none() {
+        panic!("timed out after {timeout:?} waiting for: {what}");
+    }
+}
+
+/// Polls `f` every `every` until it returns a value, or `None` once
+/// `timeout` has passed (the caller says what it was waiting for).
+pub async fn poll_until<T, F, Fut>(timeout: Duration, every: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + timeout;
     loop {
-        if cond().await {
-            return;
+        if let Some(v) = f().await {
+            return Some(v);
         }
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
+            return None;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -430,7 +447,7 @@ fn tansu_binary() -> std::path::PathBuf {
     panic!("tansu is not installed: run `make test` (or `bash scripts/install-deps.sh test`)");
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -716,6 +733,30 @@ impl NodeProcess {
         .await;
     }
 
+    /// SIGTERM: the node drains and exits.
+    pub fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Waits for the process to exit (after `terminate`), at most `timeout`.
+    pub async fn exited(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        tokio::time::timeout(timeout, child.wait()).await.ok()?.ok()
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(|c| c.id())
+            .expect("a running node");
+        let status = std::process::Command::new("kill")
+            .args([which, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {which} {pid}");
+    }
+
     /// SIGKILL: no drain, no goodbye.
     pub async fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -732,16 +773,7 @@ impl NodeProcess {
     /// connections for it) but answers nothing, like a node in its last
     /// moments. A later `kill` or `restart` ends it.
     pub fn freeze(&self) {
-        let pid = self
-            .child
-            .as_ref()
-            .and_then(|c| c.id())
-            .expect("a running node");
-        let status = std::process::Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "SIGSTOP {pid}");
+        self.signal("-STOP");
     }
 
     pub async fn connections(&self) -> i64 {
