@@ -2,7 +2,7 @@
 # herald's container image: `docker build -t herald .` (or `make image`).
 #
 # Build stage: rdkafka's `cmake-build` feature compiles librdkafka from source,
-# so the builder needs cmake and the libcurl headers (DESIGN §7 build note).
+# so the builder needs cmake and the libcurl headers (rdkafka's cmake-build).
 # libssl-dev is there for when rdkafka's `ssl` feature is turned on (needed for
 # SASL_SSL/TLS to Kafka; docs/deploying.md); today's build does not use it.
 FROM rust:1-bookworm AS build

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench`: every scenario of DESIGN §6 against herald, nchan (nginx +
+# `make bench`: every scenario of the targets in docs/architecture.md against herald, nchan (nginx +
 # libnginx-mod-nchan, bench/nchan.conf) and the speed-of-light writer
 # (herald-baseline), alternating servers within each round, then rewrites
 # BENCHMARKS.md and docs/bench/*.svg from the results (scripts/bench-report.py).
@@ -116,7 +116,7 @@ for r in $(seq 1 "$RUNS"); do
   run "resume-herald-10000-r$r" resume --server herald --clients 10000 --behind 5
 done
 # The resume again with a 16-record replay buffer, so the catch-up must read
-# Kafka (one run: a variant, not a DESIGN figure of its own).
+# Kafka (one run: a variant, not a target of its own).
 run "resume-kafka-herald-10000-r1" resume --server herald --clients 10000 --behind 5 \
   --herald-arg=--replay-buffer-records=16
 # Keyed again without the id-only events herald sends idle keyed streams every

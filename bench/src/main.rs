@@ -1,4 +1,4 @@
-//! herald-bench: herald's load generator and the scenarios of DESIGN §6.
+//! herald-bench: herald's load generator and the scenarios of the targets in docs/architecture.md.
 //!
 //! One command runs one scenario end to end. It starts the server under test
 //! (`--server herald`: a node with its embedded Kafka; `nchan`: nginx with

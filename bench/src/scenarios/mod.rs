@@ -1,4 +1,4 @@
-//! The scenarios of DESIGN §6, one command each: what to connect, what to
+//! The scenarios of the targets in docs/architecture.md, one command each: what to connect, what to
 //! produce and what to report. Each says only what is its own; starting and
 //! stopping the server, the clients and the producer, measuring and
 //! writing the result are the engine's ([`crate::engine`]).
