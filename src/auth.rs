@@ -24,11 +24,11 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 
-pub const QUERY_PARAMETER: &str = "access_token";
+const QUERY_PARAMETER: &str = "access_token";
 
 /// A selector pattern from a token or from the anonymous list.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pattern(String);
+struct Pattern(String);
 
 impl Pattern {
     pub fn new(text: &str) -> Pattern {
@@ -54,7 +54,7 @@ impl Pattern {
 
 /// Where a request carried its token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenSource {
+enum TokenSource {
     Bearer,
     Cookie,
     Query,
@@ -189,7 +189,7 @@ impl Auth {
     }
 
     /// The token a request carries, if any, and where it was.
-    pub fn token(&self, headers: &HeaderMap, query: Option<&str>) -> Option<(String, TokenSource)> {
+    fn token(&self, headers: &HeaderMap, query: Option<&str>) -> Option<(String, TokenSource)> {
         if let Some(v) = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -237,7 +237,7 @@ impl Auth {
         }
     }
 
-    pub fn verify(&self, token: &str) -> Result<Grant, ApiError> {
+    fn verify(&self, token: &str) -> Result<Grant, ApiError> {
         let invalid = |why: &str| ApiError::Unauthorized(format!("invalid token: {why}"));
         let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(&e.to_string()))?;
         let keys: Vec<&DecodingKey> = match header.alg {

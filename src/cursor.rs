@@ -22,7 +22,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
-pub const VERSION: u8 = 1;
+const VERSION: u8 = 1;
 
 /// The longest cursor text accepted on input. Large whole-topic subscriptions
 /// produce long ids (a few bytes per partition); anything beyond this is not

@@ -22,7 +22,7 @@ use crate::config::Config;
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settings shared by every client of a node.
-pub fn base_config(config: &Config, bootstrap: &str, role: &str) -> ClientConfig {
+fn base_config(config: &Config, bootstrap: &str, role: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap)
         .set("client.id", format!("{}-{role}", config.node_id))
@@ -103,7 +103,7 @@ impl Kafka {
     }
 
     /// Partitions of `topic` as the last refresh saw them, if it knew the topic.
-    pub fn known_partition_count(&self, topic: &str) -> Option<i32> {
+    fn known_partition_count(&self, topic: &str) -> Option<i32> {
         self.partition_counts.lock().get(topic).copied()
     }
 

@@ -1,3 +1,7 @@
+//! `herald`: parses the command line, sets up logging, and runs a node
+//! until SIGTERM (or mints a development token). Everything else is the
+//! library's (`herald::run`).
+
 use std::io::IsTerminal;
 
 use clap::Parser;

@@ -96,10 +96,6 @@ pub struct Locked<'a> {
 }
 
 impl Locked<'_> {
-    pub fn is_ended(&self) -> bool {
-        self.guard.end.is_some()
-    }
-
     /// Whether `more` bytes would take the queue past half its bound: a
     /// producer that can wait (a catch-up reader) should let it drain first.
     pub fn is_filling(&self, more: usize) -> bool {

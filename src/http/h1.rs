@@ -39,7 +39,7 @@ const MAX_HEADERS: usize = 64;
 /// Bytes a client may send after a stream's head before it is hung up on:
 /// an event stream's client has nothing more to say (a pipelined request
 /// would never be answered), so more than this is junk or an attack.
-pub const AFTER_HEAD_ALLOWANCE: usize = 4096;
+const AFTER_HEAD_ALLOWANCE: usize = 4096;
 
 /// What the first bytes of a connection turned out to be.
 pub enum Head {

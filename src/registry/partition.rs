@@ -18,7 +18,7 @@ use super::Subscriber;
 use crate::sse::Encoded;
 
 /// A live position not known yet (the partition has no start offset).
-pub const UNKNOWN: i64 = -1;
+const UNKNOWN: i64 = -1;
 
 /// Limits of the per-partition recent-records buffer.
 #[derive(Debug, Clone, Copy)]
