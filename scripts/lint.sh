@@ -12,3 +12,8 @@ cargo fmt --all --check
 python3 scripts/check-layers.py
 mapfile -t lock < <(cargo_lock_flags)
 cargo clippy --workspace --all-targets "${lock[@]}" -- -D warnings
+# The fuzz targets are a workspace of their own (make fuzz builds them with
+# nightly flags); checking them here keeps a rename in the library from
+# breaking them unseen. Same dependency versions as the node's.
+[[ -f fuzz/Cargo.lock && fuzz/Cargo.lock -nt Cargo.lock ]] || cp Cargo.lock fuzz/Cargo.lock
+cargo check --manifest-path fuzz/Cargo.toml --target-dir "$HERALD_TARGET_DIR" --bins
