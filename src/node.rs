@@ -377,7 +377,6 @@ impl Wiring<'_> {
                 max_head_bytes: config.max_header_bytes.max(8192),
                 max_url_bytes: config.max_url_bytes,
                 header_read_timeout: config.header_read_timeout,
-                write_timeout: config.write_timeout,
             },
         })
     }

@@ -268,6 +268,8 @@ impl ConnectionQueue {
             }));
         }
         if inner.end.is_some() {
+            // The writer's last words (a chunked body's end) are a write too.
+            inner.taken_at = Some(Instant::now());
             return Poll::Ready(None);
         }
         match &inner.waker {

@@ -145,7 +145,6 @@ pub async fn serve_stream(
     version: Version,
     extra_headers: Vec<(&'static str, HeaderValue)>,
     mut body: StreamBody,
-    write_timeout: Duration,
 ) {
     let chunked = version == Version::HTTP_11;
     let mut head = Vec::with_capacity(256);
@@ -166,22 +165,27 @@ pub async fn serve_stream(
         b"connection: close\r\n\r\n"
     });
     drop(extra_headers);
-    // A fresh socket's send buffer takes a head whole; the timeout only
-    // guards against a peer that advertised no window at all.
-    match tokio::time::timeout(write_timeout, stream.write_all(&head)).await {
-        Ok(Ok(())) => {}
-        _ => return,
+    // A fresh socket's send buffer takes a head whole, whatever the peer's
+    // window. (No timeouts in this function: each would put a timer in every
+    // stream's task, which lives for hours; the watchdog covers the writes.)
+    if stream.write_all(&head).await.is_err() {
+        return;
     }
     drop(head);
     let (mut reader, mut writer) = stream.split();
-    let mut scratch = [0u8; 256];
+    let mut scratch = [0u8; 64];
     let mut after_head = 0usize;
     loop {
         tokio::select! {
             frame = body.frame() => {
                 let Some(Ok(frame)) = frame else {
                     if chunked && !body.is_killed() {
-                        let _ = tokio::time::timeout(write_timeout, writer.write_all(b"0\r\n\r\n")).await;
+                        // The queue counts this last write as held: the
+                        // watchdog ends it if the client is not reading.
+                        tokio::select! {
+                            _ = writer.write_all(b"0\r\n\r\n") => {}
+                            () = std::future::poll_fn(|cx| body.poll_killed(cx)) => {}
+                        }
                     }
                     break;
                 };
@@ -212,7 +216,8 @@ pub async fn serve_stream(
         }
     }
     if !body.is_killed() {
-        let _ = tokio::time::timeout(write_timeout, writer.shutdown()).await;
+        // shutdown(SHUT_WR) on a TCP socket does not wait for the peer.
+        let _ = writer.shutdown().await;
     }
 }
 

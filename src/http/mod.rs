@@ -47,7 +47,6 @@ pub struct EdgeLimits {
     pub max_head_bytes: usize,
     pub max_url_bytes: usize,
     pub header_read_timeout: Duration,
-    pub write_timeout: Duration,
 }
 
 /// Everything the edge hands requests to.
@@ -184,7 +183,7 @@ async fn connection(
             let opened = Box::pin(open_h1_stream(&edge, &mut stream, peer, parts)).await;
             drop(edge);
             if let Some((version, cors, body)) = opened {
-                h1::serve_stream(stream, version, cors, body, limits.write_timeout).await;
+                h1::serve_stream(stream, version, cors, body).await;
             }
         }
         h1::Head::Other(read) => {
