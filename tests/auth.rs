@@ -353,12 +353,7 @@ async fn a_stream_ends_when_its_token_expires() {
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0),
         ));
-    let mut s = open(
-        addr,
-        &format!("{}&access_token={token}", events_path(&["ticks"], "")),
-        None,
-    )
-    .await;
+    let mut s = open_with_token(addr, &events_path(&["ticks"], ""), &token, None).await;
     assert_eq!(s.status, 200);
     let producing = {
         let p = producer(node.bootstrap_servers());
@@ -531,12 +526,10 @@ async fn a_cookie_token_publishes_only_from_an_allowed_origin_and_a_bearer_from_
         200
     );
     // Exactly the allowed writes reached Kafka.
-    let mut s = open(
+    let mut s = open_with_token(
         addr,
-        &format!(
-            "{}&access_token={token}",
-            events_path(&["orders"], "from=earliest")
-        ),
+        &events_path(&["orders"], "from=earliest"),
+        &token,
         None,
     )
     .await;
@@ -560,12 +553,7 @@ async fn a_token_that_expires_at_the_end_of_time_is_served_without_a_panic() {
         let mut c = claims(&["forever"], &[]);
         c["exp"] = json!(exp);
         let token = sign(Algorithm::HS256, &c);
-        let mut s = open(
-            addr,
-            &format!("{}&access_token={token}", events_path(&["forever"], "")),
-            None,
-        )
-        .await;
+        let mut s = open_with_token(addr, &events_path(&["forever"], ""), &token, None).await;
         assert_eq!(s.status, 200, "exp {exp}: {}", s.body);
         let value = format!("exp-{exp}");
         produce(&p, "forever", None, value.as_bytes()).await;
@@ -588,12 +576,10 @@ async fn operations_views_need_an_ops_grant_on_the_public_port_and_nothing_on_th
     operator["herald"]["ops"] = json!(true);
     let operator = sign(Algorithm::HS256, &operator);
     // Someone reads a key, which /v1/stats would name.
-    let s = open(
+    let s = open_with_token(
         addr,
-        &format!(
-            "{}&access_token={reader}",
-            events_path(&["secret-keys/alice"], "")
-        ),
+        &events_path(&["secret-keys/alice"], ""),
+        &reader,
         None,
     )
     .await;
