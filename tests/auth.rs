@@ -595,7 +595,7 @@ async fn operations_views_need_an_ops_grant_on_the_public_port_and_nothing_on_th
         let (status, body) = status_with(addr, path, &[("authorization", &bearer)]).await;
         assert_eq!((status, code(&body).as_str()), (403, "forbidden"), "{path}");
         let bearer = format!("Bearer {operator}");
-        let (status, _) = request_with(addr, path, &[("authorization", &bearer)]).await;
+        let (status, _) = status_with(addr, path, &[("authorization", &bearer)]).await;
         assert_eq!(status, 200, "{path} with the ops grant");
         let (status, body) = request(ops, "GET", path, b"").await;
         assert_eq!(status, 200, "{path} on the operations listener: {body}");
@@ -617,24 +617,6 @@ async fn operations_views_need_an_ops_grant_on_the_public_port_and_nothing_on_th
         404
     );
     assert_eq!(request(ops, "POST", "/metrics", b"x").await.0, 405);
-}
-
-/// GET with headers, whole body as text (for answers that end).
-async fn request_with(
-    addr: std::net::SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, String) {
-    use http_body_util::BodyExt;
-    let resp = http(addr, "GET", path, headers, bytes::Bytes::new()).await;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
