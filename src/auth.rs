@@ -6,10 +6,8 @@
 //! `{"herald": {"subscribe": ["scores/*"], "publish": ["scores"]}}`, and
 //! `"ops": true` for the operations views (`/metrics`, `/v1/stats`).
 //!
-//! A pattern names a selector (`topic` or `topic/key`). It matches the same
-//! selector; a whole-topic pattern also matches every key of that topic; a
-//! pattern ending in `*` matches every selector that starts with the rest
-//! (`scores/*`: any key of `scores`, not the whole topic; `*`: everything).
+//! Patterns are [`crate::pattern`]'s: `scores` (the topic and its keys),
+//! `scores/m1` (one key), `scores/*` (any key), `tenant-a.*`, `*`.
 //!
 //! The key for a token is chosen by the token's own `alg`, but only among the
 //! keys configured for that algorithm family, so an HS256 token "signed" with
@@ -23,34 +21,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::error::ApiError;
+use crate::pattern::Pattern;
 
 const QUERY_PARAMETER: &str = "access_token";
-
-/// A selector pattern from a token or from the anonymous list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Pattern(String);
-
-impl Pattern {
-    pub fn new(text: &str) -> Pattern {
-        Pattern(text.trim().to_owned())
-    }
-
-    /// Whether this pattern allows `topic` (whole, `key == None`) or `topic/key`.
-    pub fn allows(&self, topic: &str, key: Option<&str>) -> bool {
-        let p = self.0.as_str();
-        if let Some(prefix) = p.strip_suffix('*') {
-            let selector = match key {
-                Some(k) => format!("{topic}/{k}"),
-                None => topic.to_owned(),
-            };
-            return selector.starts_with(prefix);
-        }
-        match p.split_once('/') {
-            Some((t, k)) => t == topic && key == Some(k),
-            None => p == topic,
-        }
-    }
-}
 
 /// Where a request carried its token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,32 +305,5 @@ mod tests {
         let grant = auth.verify(&token).unwrap_or_else(|e| panic!("{e}"));
         assert!(grant.may_subscribe("scores", Some("m1")));
         assert!(!grant.may_publish("scores", Some("m1")));
-    }
-
-    #[test]
-    fn patterns() {
-        let p = Pattern::new("scores/*");
-        assert!(p.allows("scores", Some("m1")));
-        assert!(
-            !p.allows("scores", None),
-            "a key wildcard is not the whole topic"
-        );
-        assert!(!p.allows("scoresheet", Some("x")));
-        let whole = Pattern::new("scores");
-        assert!(whole.allows("scores", None));
-        assert!(
-            whole.allows("scores", Some("m1")),
-            "a whole topic includes its keys"
-        );
-        assert!(!whole.allows("scores2", None));
-        let key = Pattern::new("scores/m1");
-        assert!(key.allows("scores", Some("m1")));
-        assert!(!key.allows("scores", Some("m2")));
-        assert!(!key.allows("scores", None));
-        assert!(Pattern::new("*").allows("anything", Some("k")));
-        let prefix = Pattern::new("tenant-a.*");
-        assert!(prefix.allows("tenant-a.orders", None));
-        assert!(prefix.allows("tenant-a.orders", Some("k")));
-        assert!(!prefix.allows("tenant-b.orders", None));
     }
 }

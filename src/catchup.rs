@@ -27,6 +27,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use crate::formats::Decoder;
 use crate::ingest::MAX_BATCH_BYTES;
 use crate::metrics::Metrics;
 use crate::queue::{Pushed, Wakers};
@@ -116,6 +117,7 @@ impl Catchup {
         consumer_config: ClientConfig,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
+        decoder: Arc<Decoder>,
         event_header: String,
         stop: CancellationToken,
     ) -> std::io::Result<Catchup> {
@@ -136,11 +138,13 @@ impl Catchup {
                 metrics: metrics.clone(),
                 config,
                 consumer: None,
+                decoder: decoder.clone(),
                 event_header: event_header.clone(),
             };
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("herald-catchup-{n}"))
+                    .stack_size(crate::formats::DECODER_STACK)
                     .spawn(move || reader.run())?,
             );
         }
@@ -180,6 +184,7 @@ struct Reader {
     metrics: Arc<Metrics>,
     config: ClientConfig,
     consumer: Option<BaseConsumer>,
+    decoder: Arc<Decoder>,
     event_header: String,
 }
 
@@ -271,6 +276,7 @@ impl Reader {
             self.shared.clone(),
         );
         let event_header = self.event_header.clone();
+        let decoder = self.decoder.clone();
         let (topic, partition) = (key.0.clone(), key.1);
         let consumer = self.consumer()?;
         assign(consumer, &topic, partition, from)?;
@@ -295,8 +301,13 @@ impl Reader {
                 match polled {
                     Ok(m) => {
                         bytes += m.payload_len();
-                        let record =
-                            Encoded::new(Record::from_message(topic.clone(), &m), &event_header);
+                        let record = Record::from_message(topic.clone(), &m);
+                        // A replay has one partition to serve: it waits for
+                        // a schema the registry cannot give yet, in order.
+                        let Some(decoded) = decoder.decode_waiting(&record, &shared.stop) else {
+                            break 'pass Ok(());
+                        };
+                        let record = Encoded::decoded(record, &event_header, decoded);
                         next = record.record.offset.saturating_add(1);
                         deliver(&metrics, jobs, &mut deferred, &record, &mut wakers);
                     }
@@ -403,7 +414,7 @@ fn deliver(
     record: &Encoded,
     wakers: &mut Wakers,
 ) {
-    let (offset, key) = (record.record.offset, record.record.key.as_ref());
+    let (offset, key) = (record.record.offset, record.match_key());
     let mut i = 0;
     while i < jobs.len() {
         let job = &jobs[i];

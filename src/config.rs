@@ -234,6 +234,47 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
     pub max_header_bytes: usize,
 
+    /// Schema registry (Confluent's REST API: Confluent, Karapace, Apicurio,
+    /// Redpanda) for records in Confluent's framing. Without it, records
+    /// pass through as bytes.
+    #[arg(long, env = "HERALD_SCHEMA_REGISTRY")]
+    pub schema_registry: Option<String>,
+
+    /// `USER:PASSWORD` for the schema registry (HTTP basic auth).
+    #[arg(
+        long,
+        env = "HERALD_SCHEMA_REGISTRY_BASIC_AUTH",
+        hide_env_values = true
+    )]
+    pub schema_registry_basic_auth: Option<String>,
+
+    /// Bearer token for the schema registry.
+    #[arg(long, env = "HERALD_SCHEMA_REGISTRY_TOKEN", hide_env_values = true)]
+    pub schema_registry_token: Option<String>,
+
+    /// PEM file of CA certificates to trust for an https:// registry.
+    #[arg(long, env = "HERALD_SCHEMA_REGISTRY_CA")]
+    pub schema_registry_ca: Option<std::path::PathBuf>,
+
+    /// How long one registry request may take.
+    #[arg(long, env = "HERALD_SCHEMA_REGISTRY_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub schema_registry_timeout: Duration,
+
+    /// Per-topic value formats, `PATTERN=FORMAT,…` (raw, auto, avro,
+    /// protobuf, json-schema; patterns as in grants, the closest wins).
+    /// Default: `*=auto` with a registry, else raw.
+    #[arg(long, env = "HERALD_VALUE_FORMAT", value_delimiter = ',')]
+    pub value_format: Vec<String>,
+
+    /// Per-topic key formats, as `--value-format`. Default: raw.
+    #[arg(long, env = "HERALD_KEY_FORMAT", value_delimiter = ',')]
+    pub key_format: Vec<String>,
+
+    /// Compiled schemas a node keeps (by id); the least recently used
+    /// beyond it are dropped, never one in use.
+    #[arg(long, env = "HERALD_SCHEMA_CACHE_SIZE", default_value_t = 10_000)]
+    pub schema_cache_size: usize,
+
     /// Topic to create on the embedded Kafka at start-up (for `make run`).
     #[arg(long, env = "HERALD_DEMO_TOPIC")]
     pub demo_topic: Option<String>,
@@ -244,6 +285,25 @@ pub struct Config {
 }
 
 impl Config {
+    /// The decoder's settings.
+    pub fn formats(&self) -> crate::formats::FormatsConfig {
+        crate::formats::FormatsConfig {
+            registry: self
+                .schema_registry
+                .as_ref()
+                .map(|url| crate::formats::RegistryConfig {
+                    url: url.clone(),
+                    basic_auth: self.schema_registry_basic_auth.clone(),
+                    bearer_token: self.schema_registry_token.clone(),
+                    ca_file: self.schema_registry_ca.clone(),
+                    timeout: self.schema_registry_timeout,
+                }),
+            value_formats: self.value_format.clone(),
+            key_formats: self.key_format.clone(),
+            cache_capacity: self.schema_cache_size,
+        }
+    }
+
     /// Checks settings that depend on each other; says which flag to change.
     pub fn validate(&self) -> anyhow::Result<()> {
         let longest = crate::cursor::longest_text(self.max_stream_partitions);

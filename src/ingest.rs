@@ -8,7 +8,7 @@
 //! fan-out never blocks (it only fills byte-bounded queues), and connection
 //! tasks are woken once per batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -22,6 +22,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use crate::formats::{Decoder, HeldPartition, Hold};
 use crate::metrics::Metrics;
 use crate::record::Record;
 use crate::registry::{FanoutBatch, PartitionLog, Registry};
@@ -49,6 +50,7 @@ impl Ingest {
         consumer: Arc<BaseConsumer>,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
+        decoder: Arc<Decoder>,
         linger: Duration,
         event_header: String,
         stop: CancellationToken,
@@ -57,6 +59,7 @@ impl Ingest {
         let thread_pending = pending.clone();
         let thread = std::thread::Builder::new()
             .name("herald-ingest".into())
+            .stack_size(crate::formats::DECODER_STACK)
             .spawn(move || {
                 IngestLoop {
                     consumer,
@@ -66,8 +69,10 @@ impl Ingest {
                     stop,
                     linger,
                     event_header,
+                    decoder,
                     assigned: HashMap::new(),
                     failed: Vec::new(),
+                    held: HashMap::new(),
                 }
                 .run()
             })?;
@@ -99,10 +104,25 @@ struct IngestLoop {
     stop: CancellationToken,
     linger: Duration,
     event_header: String,
+    decoder: Arc<Decoder>,
     /// Exactly what the consumer has assigned: topic → partition → log.
     assigned: HashMap<String, HashMap<i32, Arc<PartitionLog>>>,
     /// Assignments that failed, to retry.
     failed: Vec<Arc<PartitionLog>>,
+    /// Partitions paused until a schema can be had, with the records read
+    /// meanwhile, in order.
+    held: HashMap<(Arc<str>, i32), Held>,
+}
+
+/// A partition waiting for its first record's schema.
+struct Held {
+    log: Arc<PartitionLog>,
+    records: VecDeque<Record>,
+    /// The offset after the last record kept (a paused partition can still
+    /// hand over what it had fetched; anything before this is a repeat).
+    next: i64,
+    hold: Hold,
+    since: Instant,
 }
 
 impl IngestLoop {
@@ -116,11 +136,17 @@ impl IngestLoop {
                 self.report_lag();
             }
             self.apply_commands();
+            if !self.held.is_empty() {
+                self.release_held(&mut batch);
+            }
             let mut polled = 0;
             let mut bytes = 0;
             let mut timeout = POLL_TIMEOUT;
+            // A message borrows its consumer, and ingesting one may change
+            // the loop's own state (a hold).
+            let consumer = self.consumer.clone();
             while polled < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-                let Some(result) = self.consumer.poll(timeout) else {
+                let Some(result) = consumer.poll(timeout) else {
                     break;
                 };
                 timeout = Duration::ZERO;
@@ -140,7 +166,7 @@ impl IngestLoop {
         }
     }
 
-    fn ingest(&self, message: &BorrowedMessage<'_>, batch: &mut FanoutBatch) {
+    fn ingest(&mut self, message: &BorrowedMessage<'_>, batch: &mut FanoutBatch) {
         let Some(log) = self
             .assigned
             .get(message.topic())
@@ -149,8 +175,116 @@ impl IngestLoop {
             return; // prefetched before an unassign
         };
         let record = Record::from_message(log.topic.clone(), message);
-        let encoded = Encoded::new(record, &self.event_header);
-        self.registry.fan_out(log, Arc::new(encoded), batch);
+        if let Some(held) = self.held.get_mut(&(log.topic.clone(), record.partition)) {
+            if record.offset >= held.next {
+                held.next = record.offset.saturating_add(1);
+                held.records.push_back(record);
+            }
+            return;
+        }
+        match self.decoder.decode(&record) {
+            Ok(decoded) => {
+                let encoded = Encoded::decoded(record, &self.event_header, decoded);
+                self.registry.fan_out(log, Arc::new(encoded), batch);
+            }
+            Err(hold) => {
+                let log = log.clone();
+                self.hold(log, record, hold);
+            }
+        }
+    }
+
+    /// Pauses `log`'s partition until `record`'s schema can be had; the
+    /// other partitions go on.
+    fn hold(&mut self, log: Arc<PartitionLog>, record: Record, hold: Hold) {
+        tracing::warn!(topic = %log.topic, partition = log.partition, offset = record.offset, schema_id = hold.schema_id, reason = %hold.reason, "holding partition until its schema can be had");
+        let mut tpl = TopicPartitionList::new();
+        let _ = tpl.add_partition(&log.topic, log.partition);
+        if let Err(e) = self.consumer.pause(&tpl) {
+            tracing::warn!(error = %e, "pause failed; records read meanwhile are kept in order");
+        }
+        let key = (log.topic.clone(), log.partition);
+        self.held.insert(
+            key,
+            Held {
+                log,
+                next: record.offset.saturating_add(1),
+                records: VecDeque::from([record]),
+                hold,
+                since: Instant::now(),
+            },
+        );
+        self.publish_held();
+    }
+
+    /// Delivers what held partitions can now decode, in order, and resumes
+    /// the partitions that caught up.
+    fn release_held(&mut self, batch: &mut FanoutBatch) {
+        let mut held = std::mem::take(&mut self.held);
+        let mut changed = false;
+        held.retain(|_, h| {
+            while let Some(front) = h.records.front() {
+                match self.decoder.decode(front) {
+                    Ok(decoded) => {
+                        let Some(record) = h.records.pop_front() else {
+                            break;
+                        };
+                        let encoded = Encoded::decoded(record, &self.event_header, decoded);
+                        self.registry.fan_out(&h.log, Arc::new(encoded), batch);
+                        changed = true;
+                    }
+                    Err(hold) => {
+                        if hold.reason != h.hold.reason || hold.schema_id != h.hold.schema_id {
+                            changed = true;
+                        }
+                        h.hold = hold;
+                        return true;
+                    }
+                }
+            }
+            let mut tpl = TopicPartitionList::new();
+            let _ = tpl.add_partition(&h.log.topic, h.log.partition);
+            if let Err(e) = self.consumer.resume(&tpl) {
+                tracing::warn!(error = %e, "resume failed");
+            }
+            tracing::info!(topic = %h.log.topic, partition = h.log.partition, held_for = ?h.since.elapsed(), "partition released: schema available");
+            changed = true;
+            false
+        });
+        self.held = held;
+        if changed {
+            self.publish_held();
+        }
+    }
+
+    /// Drops the hold on a partition leaving the assignment (its records
+    /// are read again from Kafka if it is ever needed again).
+    fn forget_held(&mut self, topic: &Arc<str>, partition: i32) {
+        if self.held.remove(&(topic.clone(), partition)).is_some() {
+            let mut tpl = TopicPartitionList::new();
+            let _ = tpl.add_partition(topic, partition);
+            let _ = self.consumer.resume(&tpl);
+            self.publish_held();
+        }
+    }
+
+    fn publish_held(&self) {
+        self.metrics
+            .held_partitions
+            .set(i64::try_from(self.held.len()).unwrap_or(i64::MAX));
+        let views = self
+            .held
+            .values()
+            .map(|h| HeldPartition {
+                topic: h.log.topic.clone(),
+                partition: h.log.partition,
+                offset: h.records.front().map_or(h.next, |r| r.offset),
+                schema_id: h.hold.schema_id,
+                reason: h.hold.reason.clone(),
+                since: h.since,
+            })
+            .collect();
+        self.decoder.holds.publish(views);
     }
 
     fn on_error(&mut self, e: KafkaError, batch: &mut FanoutBatch) {
@@ -184,6 +318,7 @@ impl IngestLoop {
                 continue;
             }
             tracing::warn!(topic = %log.topic, partition = log.partition, live, low, high, "position out of range: gap");
+            self.forget_held(&log.topic, log.partition);
             self.registry.jump(&log, low, &mut batch.wakers);
             let mut tpl = TopicPartitionList::new();
             let _ = tpl.add_partition(&log.topic, log.partition);
@@ -244,6 +379,9 @@ impl IngestLoop {
         let released = self.registry.release_idle(self.linger);
         if released.is_empty() {
             return;
+        }
+        for log in &released {
+            self.forget_held(&log.topic, log.partition);
         }
         let mut tpl = TopicPartitionList::new();
         for log in &released {

@@ -5,8 +5,8 @@
 //! thread adds up per batch rather than per event.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -29,6 +29,11 @@ pub struct Metrics {
     pub publish_failures: IntCounter,
     pub kafka_errors: IntCounter,
     pub http_rejections: IntCounter,
+    pub registry_fetches: IntCounterVec,
+    pub schemas_cached: IntGauge,
+    pub records_decoded: IntCounter,
+    pub undecodable_records: IntCounter,
+    pub held_partitions: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -45,6 +50,14 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
         .register(Box::new(g.clone()))
         .expect("metric registered once");
     g
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -155,6 +168,32 @@ impl Metrics {
                 &registry,
                 "herald_http_rejections_total",
                 "Requests answered with a 4xx or 5xx status",
+            ),
+            registry_fetches: counter_vec(
+                &registry,
+                "herald_schema_registry_fetches_total",
+                "Schema fetches from the registry, by outcome (ok, not_found, invalid, unreachable)",
+                &["outcome"],
+            ),
+            schemas_cached: gauge(
+                &registry,
+                "herald_schemas_cached",
+                "Compiled schemas held, by id",
+            ),
+            records_decoded: counter(
+                &registry,
+                "herald_records_decoded_total",
+                "Records whose key or value was decoded through a schema (once per record read)",
+            ),
+            undecodable_records: counter(
+                &registry,
+                "herald_undecodable_records_total",
+                "Records sent as herald.undecodable (unknown schema id, or bytes that do not decode)",
+            ),
+            held_partitions: gauge(
+                &registry,
+                "herald_held_partitions",
+                "Live partitions waiting for a schema the registry cannot give yet",
             ),
             registry,
         }

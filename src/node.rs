@@ -35,6 +35,7 @@ use crate::catchup::Catchup;
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::embedded::EmbeddedKafka;
+use crate::formats::Decoder;
 use crate::http::{self, Edge, EdgeLimits};
 use crate::ingest::Ingest;
 use crate::kafka::{self, Kafka};
@@ -115,7 +116,19 @@ impl Node {
             config.queue_bytes,
             metrics.clone(),
         ));
-        let readers = Readers::start(&config, &bootstrap, &registry, &metrics, &shutdown.kafka)?;
+        let decoder = Arc::new(Decoder::new(
+            &config.formats(),
+            tokio::runtime::Handle::current(),
+            metrics.clone(),
+        )?);
+        let readers = Readers::start(
+            &config,
+            &bootstrap,
+            &registry,
+            &metrics,
+            &decoder,
+            &shutdown.kafka,
+        )?;
         let admission = Arc::new(Admission::new(
             config.max_connections,
             config.max_connections_per_ip,
@@ -273,6 +286,7 @@ struct Readers {
     kafka: Kafka,
     ingest: Arc<Ingest>,
     catchup: Arc<Catchup>,
+    decoder: Arc<Decoder>,
 }
 
 impl Readers {
@@ -281,6 +295,7 @@ impl Readers {
         bootstrap: &str,
         registry: &Arc<Registry>,
         metrics: &Arc<Metrics>,
+        decoder: &Arc<Decoder>,
         stop: &CancellationToken,
     ) -> anyhow::Result<Readers> {
         let consumer: Arc<BaseConsumer> =
@@ -290,6 +305,7 @@ impl Readers {
             consumer,
             registry.clone(),
             metrics.clone(),
+            decoder.clone(),
             config.partition_linger,
             config.event_header.clone(),
             stop.clone(),
@@ -299,6 +315,7 @@ impl Readers {
             kafka::consumer_config(config, bootstrap, "catchup"),
             registry.clone(),
             metrics.clone(),
+            decoder.clone(),
             config.event_header.clone(),
             stop.clone(),
         )?);
@@ -306,6 +323,7 @@ impl Readers {
             kafka,
             ingest,
             catchup,
+            decoder: decoder.clone(),
         })
     }
 }
@@ -332,6 +350,7 @@ impl Wiring<'_> {
             kafka: self.readers.kafka.clone(),
             ingest: self.readers.ingest.clone(),
             catchup: self.readers.catchup.clone(),
+            decoder: self.readers.decoder.clone(),
             max_partitions: config.max_stream_partitions,
             retry_ms: config.retry_ms,
             since_supported: self.embedded.is_none(),
@@ -370,6 +389,7 @@ impl Wiring<'_> {
                 node_id: config.node_id.clone(),
                 bootstrap: self.bootstrap.to_owned(),
                 embedded: self.embedded.is_some(),
+                decoder: self.readers.decoder.clone(),
             },
             cors,
             metrics: self.metrics.clone(),

@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .map(|s| (s.topic.clone(), 1 + ((seed + s.topic.len() as u32) % 64) as i32))
         .collect();
-    let p = plan(&request, &counts);
+    let p = plan(&request, &counts, &|_: &str| false);
     for (topic, partition, _) in &p.slots {
         assert!((0..counts[&**topic]).contains(partition));
     }

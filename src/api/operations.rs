@@ -18,6 +18,7 @@ use serde_json::json;
 use super::{json, respond, Health, HttpBody};
 use crate::auth::Auth;
 use crate::error::ApiError;
+use crate::formats::Decoder;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 
@@ -47,6 +48,7 @@ pub struct Operations {
     pub node_id: String,
     pub bootstrap: String,
     pub embedded: bool,
+    pub decoder: Arc<Decoder>,
 }
 
 impl Operations {
@@ -92,6 +94,9 @@ impl Operations {
                 "ready": ready,
                 "kafka_reachable": self.health.kafka_reachable(),
                 "draining": self.health.is_draining(),
+                // Detail only: a partition waiting for its schema does not
+                // stop the node serving the others.
+                "held_partitions": self.decoder.holds.to_json(),
             })
             .to_string(),
         )
@@ -111,6 +116,8 @@ impl Operations {
                 "embedded": self.embedded,
                 "reachable": self.health.kafka_reachable(),
             },
+            "schema_registry": self.decoder.registry_stats(),
+            "held_partitions": self.decoder.holds.to_json(),
             "ready": self.health.is_ready(),
         })
     }

@@ -43,7 +43,7 @@ impl Registry {
         }
         let next = offset + 1;
         inner.remember(&record, self.limits);
-        let keyed = match &record.record.key {
+        let keyed = match record.match_key() {
             Some(k) if !inner.keyed.is_empty() => inner.keyed.get(k).map(|v| v.as_slice()),
             _ => None,
         };

@@ -75,9 +75,7 @@ impl Registry {
             let replay_bytes: usize = inner
                 .recent
                 .iter()
-                .filter(|r| {
-                    r.record.offset >= position && shape_slot.filter.matches(r.record.key.as_ref())
-                })
+                .filter(|r| r.record.offset >= position && shape_slot.filter.matches(r.match_key()))
                 .map(|r| r.body(sub.shape.format).len() + EVENT_OVERHEAD)
                 .sum();
             if queue.is_filling(replay_bytes) {
@@ -90,7 +88,7 @@ impl Registry {
                 state
                     .position
                     .store(record.record.offset + 1, Ordering::Release);
-                if shape_slot.filter.matches(record.record.key.as_ref()) {
+                if shape_slot.filter.matches(record.match_key()) {
                     sub.push_own(&mut queue, record, wakers);
                 }
             }

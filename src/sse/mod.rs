@@ -20,6 +20,7 @@ use std::sync::OnceLock;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
+use crate::formats::{Decoded, Part};
 use crate::record::Record;
 
 pub mod read;
@@ -53,11 +54,15 @@ impl Format {
     }
 }
 
-/// A record on its way to the wire: the record, its SSE event type, and
-/// its body per format, each encoded at most once.
+/// A record on its way to the wire: the record, what decoding made of it,
+/// its SSE event type, and its body per format, each encoded at most once.
 #[derive(Debug)]
 pub struct Encoded {
     pub record: Record,
+    decoded: Decoded,
+    /// The key as selectors name it: the decoded key's canonical text
+    /// (see `formats::canonical_key`), or the raw key.
+    match_key: Option<Bytes>,
     /// The SSE event type, from the configured record header, already sanitised.
     event_type: Option<String>,
     plain: OnceLock<Bytes>,
@@ -65,21 +70,42 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    /// `event_header` names the record header whose value becomes the event type.
+    /// A raw record; `event_header` names the record header whose value
+    /// becomes the event type.
     pub fn new(record: Record, event_header: &str) -> Encoded {
+        Encoded::decoded(record, event_header, Decoded::RAW)
+    }
+
+    /// A record as the decoder left it.
+    pub fn decoded(record: Record, event_header: &str, decoded: Decoded) -> Encoded {
         let event_type = record
             .header(event_header)
             .and_then(|v| sanitize_event_type(v));
+        let match_key = match &decoded.key {
+            Part::Json { text, .. } => Some(canonical_key(text)),
+            _ => record.key.clone(),
+        };
         Encoded {
             record,
+            decoded,
+            match_key,
             event_type,
             plain: OnceLock::new(),
             envelope: OnceLock::new(),
         }
     }
 
+    /// The key selectors match against.
+    pub fn match_key(&self) -> Option<&Bytes> {
+        self.match_key.as_ref()
+    }
+
     /// The event body (everything after the `id:` line) for `format`.
     pub fn body(&self, format: Format) -> &Bytes {
+        if self.decoded.undecodable().is_some() {
+            // The same signal whatever the format asked for.
+            return self.plain.get_or_init(|| self.undecodable_body());
+        }
         match format {
             Format::Plain => self.plain.get_or_init(|| self.plain_body()),
             Format::Envelope => self.envelope.get_or_init(|| self.envelope_body()),
@@ -87,7 +113,7 @@ impl Encoded {
     }
 
     /// Bytes this record keeps alive (for replay-buffer accounting): the
-    /// record, and up to a body per format.
+    /// record, its decoded text, and up to a body per format.
     pub fn weight(&self) -> usize {
         let r = &self.record;
         let headers: usize = r
@@ -95,9 +121,15 @@ impl Encoded {
             .iter()
             .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()))
             .sum();
+        let text = |p: &Part| match p {
+            Part::Json { text, .. } => text.len() * 2,
+            _ => 0,
+        };
         128 + r.key.as_ref().map_or(0, |k| k.len())
             + r.value.as_ref().map_or(0, |v| v.len()) * 2
             + headers
+            + text(&self.decoded.key)
+            + text(&self.decoded.value)
     }
 
     fn put_event_type(&self, out: &mut BytesMut) {
@@ -109,7 +141,10 @@ impl Encoded {
     }
 
     fn plain_body(&self) -> Bytes {
-        let value = self.record.value.as_deref().unwrap_or_default();
+        let value = match &self.decoded.value {
+            Part::Json { text, .. } => text.as_ref(),
+            _ => self.record.value.as_deref().unwrap_or_default(),
+        };
         let mut out = BytesMut::with_capacity(value.len() + 16);
         self.put_event_type(&mut out);
         put_data(&mut out, value);
@@ -123,21 +158,73 @@ impl Encoded {
         for (name, value) in &r.headers {
             headers.insert(name.clone(), bytes_json(value.as_ref()));
         }
-        let envelope = json!({
-            "topic": &*r.topic,
-            "partition": r.partition,
-            "offset": r.offset,
-            "timestamp": r.timestamp,
-            "key": bytes_json(r.key.as_ref()),
-            "headers": headers,
-            "value": bytes_json(r.value.as_ref()),
-        });
-        let mut out = BytesMut::with_capacity(128);
+        // Written field by field: decoded text goes in as it is.
+        let mut json = Vec::with_capacity(256);
+        json.extend_from_slice(b"{\"topic\":");
+        write_json(&mut json, &Value::from(&*r.topic));
+        json.extend_from_slice(
+            format!(",\"partition\":{},\"offset\":{}", r.partition, r.offset).as_bytes(),
+        );
+        json.extend_from_slice(b",\"timestamp\":");
+        write_json(&mut json, &r.timestamp.map_or(Value::Null, Value::from));
+        json.extend_from_slice(b",\"key\":");
+        put_part(&mut json, &self.decoded.key, r.key.as_ref());
+        json.extend_from_slice(b",\"headers\":");
+        write_json(&mut json, &Value::Object(headers));
+        json.extend_from_slice(b",\"value\":");
+        put_part(&mut json, &self.decoded.value, r.value.as_ref());
+        if let Part::Json { schema, .. } = &self.decoded.value {
+            json.extend_from_slice(b",\"schema\":");
+            json.extend_from_slice(&schema.tag);
+        }
+        if let Part::Json { schema, .. } = &self.decoded.key {
+            json.extend_from_slice(b",\"key_schema\":");
+            json.extend_from_slice(&schema.tag);
+        }
+        json.push(b'}');
+        let mut out = BytesMut::with_capacity(json.len() + 32);
         self.put_event_type(&mut out);
         // JSON text has no raw line breaks, so this is one data line.
-        put_data(&mut out, envelope.to_string().as_bytes());
+        put_data(&mut out, &json);
         out.put_u8(b'\n');
         out.freeze()
+    }
+
+    /// `herald.undecodable`: where the record is, why, and its raw value.
+    fn undecodable_body(&self) -> Bytes {
+        let r = &self.record;
+        let (schema_id, reason) = self.decoded.undecodable().unwrap_or_default();
+        signal_body(
+            "undecodable",
+            &json!({
+                "topic": &*r.topic,
+                "partition": r.partition,
+                "offset": r.offset,
+                "timestamp": r.timestamp,
+                "schema_id": schema_id,
+                "reason": reason,
+                "key": bytes_json(r.key.as_ref()),
+                "value": r.value.as_ref().map(|v| STANDARD.encode(v)),
+            }),
+        )
+    }
+}
+
+/// A decoded key as selectors name it.
+fn canonical_key(text: &Bytes) -> Bytes {
+    crate::formats::canonical_key(text)
+}
+
+fn write_json(out: &mut Vec<u8>, value: &Value) {
+    // Serialising a Value into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, value);
+}
+
+/// A key or value in an envelope: decoded JSON as it is, else as today.
+fn put_part(out: &mut Vec<u8>, part: &Part, raw: Option<&Bytes>) {
+    match part {
+        Part::Json { text, .. } => out.extend_from_slice(text),
+        _ => write_json(out, &bytes_json(raw)),
     }
 }
 

@@ -30,6 +30,7 @@ pub use request::{
 
 use crate::catchup::Catchup;
 use crate::cursor::{Cursor, CursorError};
+use crate::formats::Decoder;
 use crate::ingest::Ingest;
 use crate::kafka::Kafka;
 use crate::queue::{End, Wakers};
@@ -57,6 +58,8 @@ pub struct Subscriptions {
     pub kafka: Kafka,
     pub ingest: Arc<Ingest>,
     pub catchup: Arc<Catchup>,
+    /// Whether a topic's keys are decoded (a key selector then reads every partition).
+    pub decoder: Arc<Decoder>,
     /// Partitions one stream may read.
     pub max_partitions: usize,
     /// The `retry:` a stream opens with.
@@ -173,7 +176,7 @@ impl Subscriptions {
                 counts.insert(s.topic.clone(), n);
             }
         }
-        let plan = plan(&request, &counts);
+        let plan = plan(&request, &counts, &|t: &str| self.decoder.decodes_keys(t));
         if plan.slots.len() > self.max_partitions {
             return Err(BadRequest(format!(
                 "these selectors need {} partitions; a stream may read at most {} (--max-stream-partitions): split them over several streams or subscribe to keys",
@@ -377,6 +380,10 @@ mod tests {
     use crate::registry::Filter;
     use std::collections::BTreeMap;
 
+    fn raw_keys(_: &str) -> bool {
+        false
+    }
+
     fn req(q: &str) -> Result<SubscribeRequest, BadRequest> {
         parse_request(Some(q), None, SelectorLimits::default())
     }
@@ -434,8 +441,8 @@ mod tests {
         let one = req("topic=t/a%0At%232/b").unwrap_or_else(|e| panic!("{e}"));
         let two = req("topic=t/a&topic=t/b").unwrap_or_else(|e| panic!("{e}"));
         assert_ne!(
-            plan(&one, &counts).fingerprint,
-            plan(&two, &counts).fingerprint
+            plan(&one, &counts, &raw_keys).fingerprint,
+            plan(&two, &counts, &raw_keys).fingerprint
         );
     }
 
@@ -455,7 +462,7 @@ mod tests {
             if let Ok(r) = parse_request(Some(&query), None, SelectorLimits::default()) {
                 proptest::prop_assert!(!r.selectors.is_empty() && r.selectors.len() <= 64);
                 let counts: BTreeMap<String, i32> = r.selectors.iter().map(|s| (s.topic.clone(), n)).collect();
-                let p = plan(&r, &counts);
+                let p = plan(&r, &counts, &raw_keys);
                 for (topic, partition, _) in &p.slots {
                     proptest::prop_assert!(counts.contains_key(&**topic), "no slot outside the selectors");
                     proptest::prop_assert!((0..n).contains(partition));
@@ -483,7 +490,7 @@ mod tests {
     fn keyed_plan_takes_one_partition_per_key_and_whole_topic_wins() {
         let counts = BTreeMap::from([("t".to_string(), 8)]);
         let r = req("topic=t/a&topic=t/b").unwrap_or_else(|e| panic!("{e}"));
-        let p = plan(&r, &counts);
+        let p = plan(&r, &counts, &raw_keys);
         let pa = partitioner::partition_for_key(b"a", 8);
         let pb = partitioner::partition_for_key(b"b", 8);
         let expected: std::collections::BTreeSet<i32> = [pa, pb].into();
@@ -495,7 +502,7 @@ mod tests {
             expected
         );
         let r = req("topic=t/a&topic=t").unwrap_or_else(|e| panic!("{e}"));
-        let p2 = plan(&r, &counts);
+        let p2 = plan(&r, &counts, &raw_keys);
         assert_eq!(p2.slots.len(), 8);
         assert!(p2.slots.iter().all(|s| s.2 == Filter::Whole));
         assert_ne!(p.fingerprint, p2.fingerprint);

@@ -27,8 +27,15 @@ pub struct Plan {
 /// Seed of the fingerprint hash ("hera").
 const FINGERPRINT_SEED: u32 = 0x6865_7261;
 
-/// Turns selectors into slots, given each topic's partition count.
-pub fn plan(request: &SubscribeRequest, partition_counts: &BTreeMap<String, i32>) -> Plan {
+/// Turns selectors into slots, given each topic's partition count and
+/// whether its keys are decoded: a decoded key is named by its canonical
+/// text, not the bytes Kafka's partitioner hashed, so it is looked for in
+/// every partition.
+pub fn plan(
+    request: &SubscribeRequest,
+    partition_counts: &BTreeMap<String, i32>,
+    decodes_keys: &dyn Fn(&str) -> bool,
+) -> Plan {
     let mut per_partition: BTreeMap<(String, i32), Option<Vec<Bytes>>> = BTreeMap::new();
     let mut canonical = String::from(request.format.name());
     for s in &request.selectors {
@@ -41,14 +48,28 @@ pub fn plan(request: &SubscribeRequest, partition_counts: &BTreeMap<String, i32>
                 }
             }
             Some(k) => {
+                let decoded = decodes_keys(&s.topic);
+                let k = if decoded {
+                    crate::formats::canonical_selector_key(k)
+                } else {
+                    k.clone()
+                };
                 canonical.push_str(&format!("/{}:{k}", k.len()));
-                let p = partitioner::partition_for_key(k.as_bytes(), n);
-                match per_partition
-                    .entry((s.topic.clone(), p))
-                    .or_insert(Some(Vec::new()))
-                {
-                    None => {} // the whole partition is wanted anyway
-                    Some(keys) => keys.push(Bytes::from(k.clone().into_bytes())),
+                let partitions = if decoded {
+                    canonical.push_str("~decoded");
+                    0..n
+                } else {
+                    let p = partitioner::partition_for_key(k.as_bytes(), n);
+                    p..p + 1
+                };
+                for p in partitions {
+                    match per_partition
+                        .entry((s.topic.clone(), p))
+                        .or_insert(Some(Vec::new()))
+                    {
+                        None => {} // the whole partition is wanted anyway
+                        Some(keys) => keys.push(Bytes::from(k.clone().into_bytes())),
+                    }
                 }
             }
         }
