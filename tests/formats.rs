@@ -742,3 +742,48 @@ async fn the_registry_is_asked_with_the_configured_credentials() {
     assert_eq!(got[1].1, produced[1].expected);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_page_shows_decoded_records_with_their_schema_in_chromium() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists() && std::path::Path::new("/usr/bin/chromium").exists(),
+        "playwright-core and chromium are missing: run `make test` (or `bash scripts/install-deps.sh test`)"
+    );
+    let registry = SchemaRegistry::start(&[]).await;
+    let mut c = registry_config(&registry.url());
+    c.value_format = vec!["page=avro".into()];
+    let node = node_with(c).await;
+    node.create_topic("page", 1).await.expect("topic");
+    let produced = produce_py(
+        node.bootstrap_servers(),
+        &registry.url(),
+        "page",
+        "avro-all",
+        &["--count", "2"],
+    )
+    .await;
+    let p = producer(node.bootstrap_servers());
+    produce_to(&p, "page", 0, &framed(424_242, b"\x02")).await;
+    let base = format!("http://{}", node.local_addr());
+    let id = produced[1].schema_id.expect("an id").to_string();
+    let expected = produced[1].expected.to_string();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .args(["decoded.mjs", &base, "page", &expected, &id, "page-value"])
+            .current_dir(&dir)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the browser finishes within a minute")
+    .expect("node starts");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node.shutdown().await;
+}
