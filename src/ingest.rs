@@ -114,15 +114,43 @@ struct IngestLoop {
     held: HashMap<(Arc<str>, i32), Held>,
 }
 
+/// Records a held partition keeps in memory before its consumer pauses it
+/// (pausing costs the partition a fetch round trip or more when it
+/// resumes, which a schema fetch of a few milliseconds does not need).
+const MAX_HELD_BYTES: usize = 4 << 20;
+
 /// A partition waiting for its first record's schema.
 struct Held {
     log: Arc<PartitionLog>,
     records: VecDeque<Record>,
+    /// Bytes of `records`' keys and values.
+    bytes: usize,
+    /// Whether the consumer paused it (the records read grew past [`MAX_HELD_BYTES`]).
+    paused: bool,
     /// The offset after the last record kept (a paused partition can still
     /// hand over what it had fetched; anything before this is a repeat).
     next: i64,
     hold: Hold,
     since: Instant,
+}
+
+/// What a held record costs in memory, near enough.
+fn record_bytes(r: &Record) -> usize {
+    128 + r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len())
+}
+
+/// Pauses (or resumes) fetching `log`'s partition.
+fn pause(consumer: &BaseConsumer, log: &PartitionLog, paused: bool) {
+    let mut tpl = TopicPartitionList::new();
+    let _ = tpl.add_partition(&log.topic, log.partition);
+    let result = if paused {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, paused, "pause/resume failed; records read meanwhile are kept in order");
+    }
 }
 
 impl IngestLoop {
@@ -136,12 +164,15 @@ impl IngestLoop {
                 self.report_lag();
             }
             self.apply_commands();
-            if !self.held.is_empty() {
-                self.release_held(&mut batch);
+            let mut timeout = POLL_TIMEOUT;
+            if !self.held.is_empty() && self.release_held(&mut batch) {
+                // More released records are ready: wake their connections
+                // and come back without waiting on Kafka.
+                batch.wakers.wake_all();
+                timeout = Duration::ZERO;
             }
             let mut polled = 0;
             let mut bytes = 0;
-            let mut timeout = POLL_TIMEOUT;
             // A message borrows its consumer, and ingesting one may change
             // the loop's own state (a hold).
             let consumer = self.consumer.clone();
@@ -178,7 +209,12 @@ impl IngestLoop {
         if let Some(held) = self.held.get_mut(&(log.topic.clone(), record.partition)) {
             if record.offset >= held.next {
                 held.next = record.offset.saturating_add(1);
+                held.bytes += record_bytes(&record);
                 held.records.push_back(record);
+                if held.bytes > MAX_HELD_BYTES && !held.paused {
+                    held.paused = true;
+                    pause(&self.consumer, &held.log, true);
+                }
             }
             return;
         }
@@ -194,21 +230,19 @@ impl IngestLoop {
         }
     }
 
-    /// Pauses `log`'s partition until `record`'s schema can be had; the
-    /// other partitions go on.
+    /// Holds `log`'s partition until `record`'s schema can be had: its
+    /// records wait, in order (the consumer pauses the partition if they
+    /// grow large); the other partitions go on.
     fn hold(&mut self, log: Arc<PartitionLog>, record: Record, hold: Hold) {
         tracing::warn!(topic = %log.topic, partition = log.partition, offset = record.offset, schema_id = hold.schema_id, reason = %hold.reason, "holding partition until its schema can be had");
-        let mut tpl = TopicPartitionList::new();
-        let _ = tpl.add_partition(&log.topic, log.partition);
-        if let Err(e) = self.consumer.pause(&tpl) {
-            tracing::warn!(error = %e, "pause failed; records read meanwhile are kept in order");
-        }
         let key = (log.topic.clone(), log.partition);
         self.held.insert(
             key,
             Held {
                 log,
                 next: record.offset.saturating_add(1),
+                bytes: record_bytes(&record),
+                paused: false,
                 records: VecDeque::from([record]),
                 hold,
                 since: Instant::now(),
@@ -217,18 +251,29 @@ impl IngestLoop {
         self.publish_held();
     }
 
-    /// Delivers what held partitions can now decode, in order, and resumes
-    /// the partitions that caught up.
-    fn release_held(&mut self, batch: &mut FanoutBatch) {
+    /// Delivers what held partitions can now decode, in order, at most a
+    /// batch's bytes at a time (connections are woken between batches, as
+    /// for records read from Kafka), and resumes the partitions that caught
+    /// up. Returns whether more is ready to go at once.
+    fn release_held(&mut self, batch: &mut FanoutBatch) -> bool {
         let mut held = std::mem::take(&mut self.held);
         let mut changed = false;
+        let mut budget = MAX_BATCH_BYTES;
+        let mut more = false;
         held.retain(|_, h| {
             while let Some(front) = h.records.front() {
+                if budget == 0 {
+                    more = true;
+                    return true;
+                }
                 match self.decoder.decode(front) {
                     Ok(decoded) => {
                         let Some(record) = h.records.pop_front() else {
                             break;
                         };
+                        let size = record_bytes(&record);
+                        h.bytes = h.bytes.saturating_sub(size);
+                        budget = budget.saturating_sub(size);
                         let encoded = Encoded::decoded(record, &self.event_header, decoded);
                         self.registry.fan_out(&h.log, Arc::new(encoded), batch);
                         changed = true;
@@ -242,10 +287,8 @@ impl IngestLoop {
                     }
                 }
             }
-            let mut tpl = TopicPartitionList::new();
-            let _ = tpl.add_partition(&h.log.topic, h.log.partition);
-            if let Err(e) = self.consumer.resume(&tpl) {
-                tracing::warn!(error = %e, "resume failed");
+            if h.paused {
+                pause(&self.consumer, &h.log, false);
             }
             tracing::info!(topic = %h.log.topic, partition = h.log.partition, held_for = ?h.since.elapsed(), "partition released: schema available");
             changed = true;
@@ -255,15 +298,16 @@ impl IngestLoop {
         if changed {
             self.publish_held();
         }
+        more
     }
 
     /// Drops the hold on a partition leaving the assignment (its records
     /// are read again from Kafka if it is ever needed again).
     fn forget_held(&mut self, topic: &Arc<str>, partition: i32) {
-        if self.held.remove(&(topic.clone(), partition)).is_some() {
-            let mut tpl = TopicPartitionList::new();
-            let _ = tpl.add_partition(topic, partition);
-            let _ = self.consumer.resume(&tpl);
+        if let Some(h) = self.held.remove(&(topic.clone(), partition)) {
+            if h.paused {
+                pause(&self.consumer, &h.log, false);
+            }
             self.publish_held();
         }
     }
