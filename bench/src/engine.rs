@@ -42,7 +42,7 @@ pub fn round2(v: f64) -> f64 {
 }
 
 /// Waits for a quiet machine if asked; what it saw goes into the result.
-async fn quiet(run: &RunArgs) -> Value {
+pub async fn quiet(run: &RunArgs) -> Value {
     if run.quiet_wait <= 0.0 {
         return Value::Null;
     }
@@ -349,6 +349,7 @@ pub async fn run_flow(server: &Server, flow: Flow, run: &RunArgs) -> anyhow::Res
         flow.keys.clone(),
         flow.knobs.size,
         flow.knobs.linger_ms,
+        flow.knobs.encoding,
     )?;
     let procs = server.all_procs();
     let mean_subs = flow.subs.iter().sum::<u64>() as f64 / flow.subs.len().max(1) as f64;
@@ -458,6 +459,7 @@ pub async fn run_flow(server: &Server, flow: Flow, run: &RunArgs) -> anyhow::Res
         "clients": clients,
         "streams": flow.keys.len(),
         "size": flow.knobs.size,
+        "encoding": flow.knobs.encoding,
         "workers": workers,
         "connected": ready.r.connected,
         "failed": ready.r.failed,

@@ -8,5 +8,6 @@
 //! at the same pace, or the comparison is void; so both use this code, and
 //! a change here changes both sides of every comparison at once.
 
+pub mod encoding;
 pub mod pace;
 pub mod record;

@@ -50,6 +50,7 @@ mod fleet;
 mod hist;
 mod procfs;
 mod producer;
+mod registry;
 mod scenarios;
 mod servers;
 mod sys;
@@ -85,6 +86,9 @@ enum Cmd {
     Smoke(SmokeArgs),
     /// Event id (cursor) sizes for subscriptions of 1, 16 and 64 partitions.
     CursorSizes,
+    /// What decoding Avro, Protobuf and JSON Schema records costs per
+    /// record on one core, against the plain path (no server).
+    Decode(DecodeArgs),
     /// Internal: one client process, driven over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -200,6 +204,11 @@ struct FlowArgs {
     /// producer linger.ms (herald's Kafka producer).
     #[arg(long, default_value_t = 0)]
     linger_ms: u64,
+    /// How records are written: the bench's text, a trade record as JSON,
+    /// or the same record as Confluent-framed Avro (herald decodes it
+    /// through a registry the bench serves).
+    #[arg(long, value_enum, default_value = "raw")]
+    encoding: herald_bench::encoding::Encoding,
 }
 
 #[derive(Args, Clone)]
@@ -231,6 +240,23 @@ struct BroadcastArgs {
     /// Keep going after a rate fails.
     #[arg(long)]
     no_stop: bool,
+}
+
+#[derive(Args, Clone)]
+struct DecodeArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Record size in bytes (the Avro form; the others carry the same fields).
+    #[arg(long, default_value_t = 200)]
+    size: usize,
+    /// Distinct records decoded per round.
+    #[arg(long, default_value_t = 20_000)]
+    records: usize,
+    #[arg(long, default_value_t = 9)]
+    rounds: usize,
+    /// Accepted for the same command line as the other scenarios; unused.
+    #[arg(long)]
+    scratch: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -335,6 +361,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Cmd::Idle(a) => exit_on(scenarios::idle(a).await),
             Cmd::Broadcast(a) => exit_on(scenarios::broadcast(a).await),
+            Cmd::Decode(a) => exit_on(scenarios::decode(a).await),
             Cmd::Keyed(a) => exit_on(scenarios::keyed(a, false).await),
             Cmd::Light(a) => exit_on(scenarios::keyed(a, true).await),
             Cmd::Latency(a) => exit_on(scenarios::latency(a).await),

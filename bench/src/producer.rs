@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use herald_bench::encoding::{write_encoded, Encoding};
 use herald_bench::pace::Pacer;
-use herald_bench::record::{make_value, now_us};
+use herald_bench::record::now_us;
 use rdkafka::producer::ThreadedProducer;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext};
@@ -250,6 +251,7 @@ impl Producer {
         keys: Vec<String>,
         size: usize,
         linger_ms: u64,
+        encoding: Encoding,
     ) -> anyhow::Result<Producer> {
         let mut producer = Producer {
             rate_milli: Arc::new(AtomicU64::new(0)),
@@ -286,7 +288,8 @@ impl Producer {
                 }
                 let s = next;
                 next = (next + 1) % keys.len();
-                let value = make_value(now_us(), s, seqs[s], size);
+                let mut value = Vec::with_capacity(size + 16);
+                write_encoded(&mut value, encoding, now_us(), s, seqs[s], size);
                 if !sink.send(&keys[s], s, &value) {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use herald::sse::read::{Line, LineReader};
+use herald_bench::encoding::text_of;
 use herald_bench::record::{now_us, parse_value};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -243,7 +244,7 @@ impl Seen {
 
     /// A `data:` value: one record, checked against its stream's last one.
     fn record(&mut self, value: &[u8], t: &mut Tally, now: u64) {
-        let Some((ts, stream, seq)) = parse_value(value) else {
+        let Some((ts, stream, seq)) = parse_value(text_of(value)) else {
             t.bad += 1;
             return;
         };

@@ -12,6 +12,8 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
+use herald_bench::encoding::Encoding;
+
 use crate::engine::{print_flow, round2, run_flow, Flow, Session};
 use crate::{BroadcastArgs, KeyedArgs, LatencyArgs};
 
@@ -19,7 +21,16 @@ use crate::{BroadcastArgs, KeyedArgs, LatencyArgs};
 const HOT_KEY: &str = "hot";
 
 pub async fn broadcast(a: BroadcastArgs) -> anyhow::Result<Value> {
-    let s = Session::start(&a.server, &a.run, 1).await?;
+    let mut server = a.server.clone();
+    if a.flow.encoding == Encoding::Avro {
+        // herald decodes through a registry; nothing else here can.
+        let registry = crate::registry::serve()?;
+        server.herald_args.extend([
+            format!("--schema-registry=http://{}", registry.addr),
+            "--value-format=*=avro".to_owned(),
+        ]);
+    }
+    let s = Session::start(&server, &a.run, 1).await?;
     let result = async {
         let rates = if a.rates.is_empty() {
             a.deliveries

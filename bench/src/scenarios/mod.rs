@@ -9,12 +9,14 @@
 //! an interface: rename none without changing the report script.
 
 mod cursor;
+mod decode;
 mod flows;
 mod idle;
 mod resume;
 mod smoke;
 
 pub use cursor::cursor_sizes;
+pub use decode::decode;
 pub use flows::{broadcast, keyed, latency};
 pub use idle::idle;
 pub use resume::resume;

@@ -74,7 +74,13 @@ pub async fn resume_on(server: &Server, a: &ResumeArgs, prefix: &str) -> anyhow:
         ));
     }
     tokio::time::sleep(SETTLE).await;
-    let producer = Producer::start(server, keys.clone(), a.size, 0)?;
+    let producer = Producer::start(
+        server,
+        keys.clone(),
+        a.size,
+        0,
+        herald_bench::encoding::Encoding::Raw,
+    )?;
     producer.set_rate(a.rate).await?;
     // Everyone takes a cursor from at least one record of its key.
     let deadline = Instant::now() + FIRST_ID_TIMEOUT;

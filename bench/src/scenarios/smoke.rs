@@ -31,6 +31,7 @@ fn knobs() -> FlowArgs {
         p99_limit_ms: 5_000.0,
         settle: 0.5,
         linger_ms: 0,
+        encoding: herald_bench::encoding::Encoding::Raw,
     }
 }
 
