@@ -3,7 +3,7 @@
 # libnginx-mod-nchan, bench/nchan.conf) and the speed-of-light writer
 # (herald-baseline), alternating servers within each round, then rewrites
 # BENCHMARKS.md and docs/bench/*.svg from the results (scripts/bench-report.py).
-# About 9 minutes on the project's 2-core machines (3 rounds).
+# About 11 minutes on the project's 2-core machines (3 rounds).
 #
 # Usage: scripts/bench.sh [--smoke] [--runs N] [--no-stretch] [--no-report] [--out DIR]
 #   --smoke       a few hundred connections for a few seconds against one
@@ -113,6 +113,13 @@ for r in $(seq 1 "$RUNS"); do
     run "light-$s-1000-r$r" light --server "$s" --clients 1000 --rate 1000 --seconds 4
   done
   run "keyed-herald-15000-r$r" keyed --server herald --clients 15000 --rate 5000 --seconds 4
+  # Record formats: decoding alone, then a decoded (Avro) topic against a
+  # JSON one carrying the same bytes, at 100,000 deliveries/s.
+  run "decode-r$r" decode
+  for e in json avro; do
+    run "broadcast-$e-herald-10000-r$r" broadcast --server herald --clients 10000 --encoding "$e" \
+      --size 200 --deliveries 100000 --step-seconds 3 --warmup 0.5 --no-stop
+  done
   run "resume-herald-10000-r$r" resume --server herald --clients 10000 --behind 5
 done
 # The resume again with a 16-record replay buffer, so the catch-up must read
