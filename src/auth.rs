@@ -48,6 +48,8 @@ pub struct Grant {
     pub from_cookie: bool,
     /// Everything is allowed (no auth configured).
     open: bool,
+    /// Mandatory filters by topic pattern (`herald.where`).
+    filters: Vec<(Pattern, String)>,
 }
 
 impl Grant {
@@ -69,6 +71,20 @@ impl Grant {
     pub fn may_operate(&self) -> bool {
         self.open || self.ops
     }
+
+    /// The filters the token makes mandatory on records of `topic`. A
+    /// pattern's key part is ignored: a claim on `orders/*` filters all of
+    /// `orders` (never less than it says).
+    pub fn filters_for(&self, topic: &str) -> Vec<String> {
+        self.filters
+            .iter()
+            .filter(|(p, _)| {
+                let whole = p.as_str().split_once('/').map_or(p.as_str(), |(t, _)| t);
+                Pattern::new(whole).allows(topic, None)
+            })
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +102,17 @@ struct HeraldClaim {
     publish: Vec<String>,
     #[serde(default)]
     ops: bool,
+    /// Mandatory filters: one CEL expression for every topic, or one per
+    /// topic pattern.
+    #[serde(default, rename = "where")]
+    filter: Option<WhereClaim>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum WhereClaim {
+    All(String),
+    ByTopic(std::collections::BTreeMap<String, String>),
 }
 
 /// Auth settings, from configuration.
@@ -241,6 +268,13 @@ impl Auth {
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
                 Ok(data) => {
                     let c = data.claims;
+                    let filters = match c.herald.filter {
+                        None => Vec::new(),
+                        Some(WhereClaim::All(f)) => vec![(Pattern::new("*"), f)],
+                        Some(WhereClaim::ByTopic(m)) => {
+                            m.into_iter().map(|(p, f)| (Pattern::new(&p), f)).collect()
+                        }
+                    };
                     return Ok(Grant {
                         subscribe: c.herald.subscribe.iter().map(|p| Pattern::new(p)).collect(),
                         publish: c.herald.publish.iter().map(|p| Pattern::new(p)).collect(),
@@ -248,6 +282,7 @@ impl Auth {
                         expires_at: c.exp,
                         from_cookie: false,
                         open: false,
+                        filters,
                     });
                 }
                 Err(e) => last = Some(e),
@@ -273,6 +308,9 @@ pub fn mint(args: &crate::config::TokenArgs) -> anyhow::Result<String> {
     if let Some(aud) = &args.audience {
         claims["aud"] = aud.clone().into();
     }
+    if let Some(f) = &args.filter {
+        claims["herald"]["where"] = f.clone().into();
+    }
     Ok(jsonwebtoken::encode(
         &jsonwebtoken::Header::new(Algorithm::HS256),
         &claims,
@@ -294,6 +332,7 @@ mod tests {
             ttl: std::time::Duration::from_secs(60),
             issuer: None,
             audience: None,
+            filter: Some("value.tenant == 'a'".into()),
         };
         let auth = Auth::new(&AuthConfig {
             hs256_secret: Some("s".repeat(32)),
@@ -305,5 +344,9 @@ mod tests {
         let grant = auth.verify(&token).unwrap_or_else(|e| panic!("{e}"));
         assert!(grant.may_subscribe("scores", Some("m1")));
         assert!(!grant.may_publish("scores", Some("m1")));
+        assert_eq!(
+            grant.filters_for("scores"),
+            vec!["value.tenant == 'a'".to_owned()]
+        );
     }
 }

@@ -414,7 +414,7 @@ fn deliver(
     record: &Encoded,
     wakers: &mut Wakers,
 ) {
-    let (offset, key) = (record.record.offset, record.match_key());
+    let offset = record.record.offset;
     let mut i = 0;
     while i < jobs.len() {
         let job = &jobs[i];
@@ -423,9 +423,9 @@ fn deliver(
             i += 1;
             continue;
         }
-        let matches = sub.shape.slots[job.slot].filter.matches(key);
+        let matches = sub.shape.takes(job.slot, record);
         let mut queue = sub.connection.queue.lock();
-        if matches && queue.is_filling(record.body(sub.shape.format).len() + EVENT_OVERHEAD) {
+        if matches && queue.is_filling(sub.shape.body(record).len() + EVENT_OVERHEAD) {
             drop(queue);
             deferred.push(jobs.swap_remove(i));
             continue;

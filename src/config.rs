@@ -47,6 +47,9 @@ pub struct TokenArgs {
     pub issuer: Option<String>,
     #[arg(long)]
     pub audience: Option<String>,
+    /// A mandatory CEL filter on every record the token reads (`herald.where`).
+    #[arg(long = "where")]
+    pub filter: Option<String>,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {

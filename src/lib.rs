@@ -49,6 +49,7 @@ mod cors;
 pub mod cursor;
 mod embedded;
 mod error;
+mod filters;
 pub mod formats;
 mod http;
 mod ingest;

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub records_decoded: IntCounter,
     pub undecodable_records: IntCounter,
     pub held_partitions: IntGauge,
+    pub filter_errors: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -194,6 +195,11 @@ impl Metrics {
                 &registry,
                 "herald_held_partitions",
                 "Live partitions waiting for a schema the registry cannot give yet",
+            ),
+            filter_errors: counter(
+                &registry,
+                "herald_filter_errors_total",
+                "where= evaluations that failed on a record (missing field, wrong type): counted as no match",
             ),
             registry,
         }

@@ -35,6 +35,7 @@ use crate::catchup::Catchup;
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::embedded::EmbeddedKafka;
+use crate::filters::{FilterLimits, Filters};
 use crate::formats::Decoder;
 use crate::http::{self, Edge, EdgeLimits};
 use crate::ingest::Ingest;
@@ -351,6 +352,7 @@ impl Wiring<'_> {
             ingest: self.readers.ingest.clone(),
             catchup: self.readers.catchup.clone(),
             decoder: self.readers.decoder.clone(),
+            filters: Arc::new(Filters::new(FilterLimits::default(), self.metrics)),
             max_partitions: config.max_stream_partitions,
             retry_ms: config.retry_ms,
             since_supported: self.embedded.is_none(),

@@ -61,7 +61,7 @@ impl Events {
         headers: &http::HeaderMap,
     ) -> Result<StreamBody, Response<HttpBody>> {
         let header_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
-        let request = parse_request(uri.query(), header_id, self.limits)
+        let mut request = parse_request(uri.query(), header_id, self.limits)
             .map_err(|e| self.refuse(&e.into()))?;
         let grant = self
             .auth
@@ -69,6 +69,9 @@ impl Events {
             .map_err(|e| self.refuse(&e))?;
         self.authorize(grant.as_ref(), &request)
             .map_err(|e| self.refuse(&e))?;
+        if let Some(g) = &grant {
+            request.claims = claims(g, &request);
+        }
         if self.health.is_draining() {
             return Err(self.come_back_later("draining"));
         }
@@ -241,4 +244,22 @@ impl Drop for StreamBody {
     fn drop(&mut self) {
         self.registry.unsubscribe(&self.connection);
     }
+}
+
+/// The token's mandatory filters for each topic the request reads.
+fn claims(grant: &Grant, request: &SubscribeRequest) -> Vec<(String, String)> {
+    let mut topics: Vec<&str> = request.selectors.iter().map(|s| s.topic.as_str()).collect();
+    topics.dedup();
+    let mut out: Vec<(String, String)> = topics
+        .into_iter()
+        .flat_map(|t| {
+            grant
+                .filters_for(t)
+                .into_iter()
+                .map(move |f| (t.to_owned(), f))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }

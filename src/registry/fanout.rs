@@ -51,6 +51,9 @@ impl Registry {
         let mut delivered = 0u64;
         for member in inner.whole.iter().chain(keyed.unwrap_or_default()) {
             let sub = &member.sub;
+            if !sub.shape.passes(&record) {
+                continue; // its cursor moves on with the partition's (or by id-only events)
+            }
             let state = &sub.slots[member.slot];
             if offset < state.position.load(Ordering::Acquire) {
                 continue; // this client's cursor is further on than we are
@@ -58,8 +61,8 @@ impl Registry {
             let pushed = if sub.aligned.load(Ordering::Acquire) || sub.refresh_aligned() {
                 let shape_ptr = Arc::as_ptr(&sub.shape) as usize;
                 let event = batch.events.entry(shape_ptr).or_insert_with(|| {
-                    let body = record.body(sub.shape.format);
-                    sse::event_with_id(&sub.shape.live_cursor_with(log, next), body)
+                    let body = sub.shape.body(&record);
+                    sse::event_with_id(&sub.shape.live_cursor_with(log, next), &body)
                 });
                 sub.connection
                     .queue

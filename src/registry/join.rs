@@ -75,8 +75,8 @@ impl Registry {
             let replay_bytes: usize = inner
                 .recent
                 .iter()
-                .filter(|r| r.record.offset >= position && shape_slot.filter.matches(r.match_key()))
-                .map(|r| r.body(sub.shape.format).len() + EVENT_OVERHEAD)
+                .filter(|r| r.record.offset >= position && sub.shape.takes(slot, r))
+                .map(|r| sub.shape.body(r).len() + EVENT_OVERHEAD)
                 .sum();
             if queue.is_filling(replay_bytes) {
                 // More than the client can take at once: the paced catch-up serves it.
@@ -88,7 +88,7 @@ impl Registry {
                 state
                     .position
                     .store(record.record.offset + 1, Ordering::Release);
-                if shape_slot.filter.matches(record.match_key()) {
+                if sub.shape.takes(slot, record) {
                     sub.push_own(&mut queue, record, wakers);
                 }
             }

@@ -38,6 +38,16 @@ pub use fanout::FanoutBatch;
 pub use join::{Join, SlotStart};
 pub use partition::{PartitionLog, ReplayBufferLimits};
 pub use shape::{Filter, Shape, Slot};
+
+/// What a new subscription is: its canonical text (which names its shape),
+/// cursor fingerprint, format, slots (topic, partition, key filter) and view.
+pub struct ShapeSpec {
+    pub canonical: String,
+    pub fingerprint: u32,
+    pub format: Format,
+    pub slots: Vec<(Arc<str>, i32, Filter)>,
+    pub view: crate::filters::View,
+}
 pub use subscriber::{Connection, Subscriber};
 
 use partition::Status;
@@ -105,19 +115,13 @@ impl Registry {
     /// filter, in cursor order) under the shape named by `canonical`, shared
     /// with every other connection of that shape. Every slot's partition is
     /// pinned for the subscriber's lifetime.
-    pub fn subscribe(
-        &self,
-        canonical: String,
-        fingerprint: u32,
-        format: Format,
-        slots: Vec<(Arc<str>, i32, Filter)>,
-        peer: SocketAddr,
-    ) -> Arc<Subscriber> {
-        let logs: Vec<Arc<PartitionLog>> = slots
+    pub fn subscribe(&self, spec: ShapeSpec, peer: SocketAddr) -> Arc<Subscriber> {
+        let logs: Vec<Arc<PartitionLog>> = spec
+            .slots
             .iter()
             .map(|(topic, partition, _)| self.pin(topic, *partition))
             .collect();
-        let shape = self.shape(canonical, fingerprint, format, &slots, &logs);
+        let shape = self.shape(spec, &logs);
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let connection = Arc::new(Connection::new(id, self.queue_bytes, peer));
         let subscriber = Arc::new(Subscriber::new(connection.clone(), shape));
@@ -132,14 +136,14 @@ impl Registry {
 
     /// The interned shape for `canonical`, or a new one. A shape never
     /// outlives what it points to: its logs are pinned by its subscribers.
-    fn shape(
-        &self,
-        canonical: String,
-        fingerprint: u32,
-        format: Format,
-        slots: &[(Arc<str>, i32, Filter)],
-        logs: &[Arc<PartitionLog>],
-    ) -> Arc<Shape> {
+    fn shape(&self, spec: ShapeSpec, logs: &[Arc<PartitionLog>]) -> Arc<Shape> {
+        let ShapeSpec {
+            canonical,
+            fingerprint,
+            format,
+            slots,
+            view,
+        } = spec;
         if let Some(existing) = self.shapes.get(&canonical).and_then(|w| w.upgrade()) {
             let same_logs = existing
                 .slots
@@ -165,6 +169,7 @@ impl Registry {
                 })
                 .collect(),
             topics: topics.into(),
+            view,
         });
         self.shapes.insert(canonical, Arc::downgrade(&shape));
         shape

@@ -12,7 +12,8 @@ use bytes::Bytes;
 
 use super::partition::PartitionLog;
 use crate::cursor::Cursor;
-use crate::sse::Format;
+use crate::filters::View;
+use crate::sse::{Encoded, Format};
 
 /// What a slot of a subscription takes from its partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +48,8 @@ pub struct Shape {
     pub slots: Box<[Slot]>,
     /// Topics this shape reads (for per-topic counts).
     pub topics: Box<[Arc<str>]>,
+    /// Its filters (`where=`, a token's claim) and projection (`fields=`).
+    pub view: View,
 }
 
 impl Shape {
@@ -76,10 +79,35 @@ impl Shape {
         out
     }
 
-    pub fn is_keyed(&self) -> bool {
-        self.slots
-            .iter()
-            .any(|s| matches!(s.filter, Filter::Keys(_)))
+    /// Whether some records of its partitions are not for it (keys,
+    /// filters): its cursor then moves through id-only events too.
+    pub fn is_selective(&self) -> bool {
+        !self.view.checks.is_empty()
+            || self
+                .slots
+                .iter()
+                .any(|s| matches!(s.filter, Filter::Keys(_)))
+    }
+
+    /// Whether `record` passes this shape's filters (its key is the
+    /// slot's business).
+    pub fn passes(&self, record: &Encoded) -> bool {
+        self.view.checks.iter().all(|c| {
+            c.topic
+                .as_ref()
+                .is_some_and(|t| **t != *record.record.topic)
+                || record.passes(&c.expr)
+        })
+    }
+
+    /// Whether `slot` takes `record`: its key, and the filters.
+    pub fn takes(&self, slot: usize, record: &Encoded) -> bool {
+        self.slots[slot].filter.matches(record.match_key()) && self.passes(record)
+    }
+
+    /// `record`'s body for this shape: its format, its projection.
+    pub fn body(&self, record: &Encoded) -> Bytes {
+        record.body_with(self.format, self.view.projection.as_deref())
     }
 }
 

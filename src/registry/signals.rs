@@ -24,7 +24,7 @@ impl Registry {
             let Some(sub) = connection.subscriber() else {
                 continue;
             };
-            if !sub.shape.is_keyed() || connection.queue.queued_bytes() > 0 {
+            if !sub.shape.is_selective() || connection.queue.queued_bytes() > 0 {
                 continue;
             }
             if self.send_cursor(sub, wakers) {

@@ -164,7 +164,7 @@ impl Subscriber {
     ) -> Pushed {
         let id = sse::id_line(&self.own_cursor());
         queue.push(
-            &[&id, record.body(self.shape.format)],
+            &[&id, &self.shape.body(record)],
             record.record.timestamp,
             wakers,
         )

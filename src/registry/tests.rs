@@ -96,10 +96,13 @@ impl World {
         );
         // A first subscriber pins and starts the partition; it stays.
         let first = registry.subscribe(
-            "whole".into(),
-            1,
-            crate::sse::Format::Plain,
-            vec![(Arc::from(TOPIC), 0, Filter::Whole)],
+            ShapeSpec {
+                canonical: "whole".into(),
+                fingerprint: 1,
+                format: crate::sse::Format::Plain,
+                slots: vec![(Arc::from(TOPIC), 0, Filter::Whole)],
+                view: Default::default(),
+            },
             peer(),
         );
         let log = first.shape.slots[0].log.clone();
@@ -126,10 +129,13 @@ impl World {
             ("whole", 1, Filter::Whole)
         };
         self.registry.subscribe(
-            canonical.into(),
-            fingerprint,
-            crate::sse::Format::Plain,
-            vec![(Arc::from(TOPIC), 0, filter)],
+            ShapeSpec {
+                canonical: canonical.into(),
+                fingerprint,
+                format: crate::sse::Format::Plain,
+                slots: vec![(Arc::from(TOPIC), 0, filter)],
+                view: Default::default(),
+            },
             peer(),
         )
     }

@@ -20,6 +20,10 @@ use std::sync::OnceLock;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
+use parking_lot::Mutex;
+
+use crate::filters::vars::Field;
+use crate::filters::{Expr, Projection, RecordVars};
 use crate::formats::{Decoded, Part};
 use crate::record::Record;
 
@@ -67,6 +71,15 @@ pub struct Encoded {
     event_type: Option<String>,
     plain: OnceLock<Bytes>,
     envelope: OnceLock<Bytes>,
+    /// The value as JSON, if it is JSON (decoded, or raw text that parses),
+    /// for filters and projections; parsed on first use.
+    value_json: OnceLock<Option<serde_json::Value>>,
+    /// The record as filters see it, built on first use.
+    vars: OnceLock<RecordVars>,
+    /// Verdicts of the filters that have seen this record, by expression id.
+    verdicts: Mutex<Vec<(u64, bool)>>,
+    /// Bodies with a projection, by (projection id, format).
+    projected: Mutex<Vec<(u64, Format, Bytes)>>,
 }
 
 impl Encoded {
@@ -92,7 +105,92 @@ impl Encoded {
             event_type,
             plain: OnceLock::new(),
             envelope: OnceLock::new(),
+            value_json: OnceLock::new(),
+            vars: OnceLock::new(),
+            verdicts: Mutex::new(Vec::new()),
+            projected: Mutex::new(Vec::new()),
         }
+    }
+
+    fn value_json(&self) -> Option<&serde_json::Value> {
+        self.value_json
+            .get_or_init(|| {
+                let text = match &self.decoded.value {
+                    Part::Json { text, .. } => text.as_ref(),
+                    Part::Raw => self.record.value.as_deref()?,
+                    Part::Undecodable { .. } => return None,
+                };
+                serde_json::from_slice(text).ok()
+            })
+            .as_ref()
+    }
+
+    fn vars(&self) -> &RecordVars {
+        self.vars.get_or_init(|| {
+            let r = &self.record;
+            let key_json = match &self.decoded.key {
+                Part::Json { text, .. } => serde_json::from_slice::<serde_json::Value>(text).ok(),
+                _ => None,
+            };
+            let key = match (&key_json, &r.key) {
+                (Some(v), _) => Field::Json(v),
+                (None, Some(k)) => Field::Bytes(k),
+                (None, None) => Field::Absent,
+            };
+            let value = match (self.value_json(), &r.value) {
+                (Some(v), _) => Field::Json(v),
+                (None, Some(b)) => Field::Bytes(b),
+                (None, None) => Field::Absent,
+            };
+            RecordVars::new(
+                &r.topic,
+                r.partition,
+                r.offset,
+                r.timestamp,
+                key,
+                value,
+                &r.headers,
+            )
+        })
+    }
+
+    /// Whether this record passes `expr`: evaluated once per record and
+    /// expression, whoever asks.
+    pub fn passes(&self, expr: &Expr) -> bool {
+        if let Some(&(_, v)) = self.verdicts.lock().iter().find(|(id, _)| *id == expr.id) {
+            return v;
+        }
+        let verdict = expr.eval(self.vars());
+        let mut verdicts = self.verdicts.lock();
+        if !verdicts.iter().any(|(id, _)| *id == expr.id) {
+            verdicts.push((expr.id, verdict));
+        }
+        verdict
+    }
+
+    /// The event body for `format`, with the value cut to `projection`.
+    pub fn body_with(&self, format: Format, projection: Option<&Projection>) -> Bytes {
+        let Some(p) = projection else {
+            return self.body(format).clone();
+        };
+        if self.decoded.undecodable().is_some() {
+            return self.body(format).clone();
+        }
+        if let Some((_, _, b)) = self
+            .projected
+            .lock()
+            .iter()
+            .find(|(id, f, _)| *id == p.id && *f == format)
+        {
+            return b.clone();
+        }
+        let value = p.apply(self.value_json());
+        let body = match format {
+            Format::Plain => self.plain_body_of(&value),
+            Format::Envelope => self.envelope_body_of(Some(&value)),
+        };
+        self.projected.lock().push((p.id, format, body.clone()));
+        body
     }
 
     /// The key selectors match against.
@@ -145,6 +243,10 @@ impl Encoded {
             Part::Json { text, .. } => text.as_ref(),
             _ => self.record.value.as_deref().unwrap_or_default(),
         };
+        self.plain_body_of(value)
+    }
+
+    fn plain_body_of(&self, value: &[u8]) -> Bytes {
         let mut out = BytesMut::with_capacity(value.len() + 16);
         self.put_event_type(&mut out);
         put_data(&mut out, value);
@@ -153,6 +255,11 @@ impl Encoded {
     }
 
     fn envelope_body(&self) -> Bytes {
+        self.envelope_body_of(None)
+    }
+
+    /// The envelope, with `value` (projected JSON) in place of the record's.
+    fn envelope_body_of(&self, value: Option<&[u8]>) -> Bytes {
         let r = &self.record;
         let mut headers = Map::new();
         for (name, value) in &r.headers {
@@ -172,7 +279,10 @@ impl Encoded {
         json.extend_from_slice(b",\"headers\":");
         write_json(&mut json, &Value::Object(headers));
         json.extend_from_slice(b",\"value\":");
-        put_part(&mut json, &self.decoded.value, r.value.as_ref());
+        match value {
+            Some(v) => json.extend_from_slice(v),
+            None => put_part(&mut json, &self.decoded.value, r.value.as_ref()),
+        }
         if let Part::Json { schema, .. } = &self.decoded.value {
             json.extend_from_slice(b",\"schema\":");
             json.extend_from_slice(&schema.tag);

@@ -30,11 +30,12 @@ pub use request::{
 
 use crate::catchup::Catchup;
 use crate::cursor::{Cursor, CursorError};
+use crate::filters::{Check, Filters, View};
 use crate::formats::Decoder;
 use crate::ingest::Ingest;
 use crate::kafka::Kafka;
 use crate::queue::{End, Wakers};
-use crate::registry::{Join, Registry, SlotStart, Subscriber};
+use crate::registry::{Join, Registry, ShapeSpec, SlotStart, Subscriber};
 use crate::sse;
 
 /// Why a stream could not be opened.
@@ -60,6 +61,8 @@ pub struct Subscriptions {
     pub catchup: Arc<Catchup>,
     /// Whether a topic's keys are decoded (a key selector then reads every partition).
     pub decoder: Arc<Decoder>,
+    /// Compiled `where=` expressions and `fields=` projections.
+    pub filters: Arc<Filters>,
     /// Partitions one stream may read.
     pub max_partitions: usize,
     /// The `retry:` a stream opens with.
@@ -119,10 +122,18 @@ impl Subscriptions {
         peer: std::net::SocketAddr,
     ) -> Result<Opened, OpenError> {
         let format = request.format;
+        let view = self.view(&request)?;
         let (plan, from) = self.plan(request).await?;
-        let sub =
-            self.registry
-                .subscribe(plan.canonical, plan.fingerprint, format, plan.slots, peer);
+        let sub = self.registry.subscribe(
+            ShapeSpec {
+                canonical: plan.canonical,
+                fingerprint: plan.fingerprint,
+                format,
+                slots: plan.slots,
+                view,
+            },
+            peer,
+        );
         let guard = Unsubscribe {
             registry: &self.registry,
             sub: sub.clone(),
@@ -160,6 +171,33 @@ impl Subscriptions {
             sub,
             rest: Some(rest),
         })
+    }
+
+    /// The request's filters (its own `where=`, its token's claims) and
+    /// projection, compiled (once per distinct text on the node).
+    fn view(&self, request: &SubscribeRequest) -> Result<View, OpenError> {
+        let mut checks = Vec::new();
+        if let Some(text) = &request.filter {
+            let expr = self.filters.expr(text).map_err(|e| BadRequest(e.0))?;
+            checks.push(Check { topic: None, expr });
+        }
+        for (topic, text) in &request.claims {
+            let expr = self.filters.expr(text).map_err(|e| {
+                BadRequest(format!(
+                    "the token's herald.where claim for `{topic}`: {}",
+                    e.0
+                ))
+            })?;
+            checks.push(Check {
+                topic: Some(Arc::from(topic.as_str())),
+                expr,
+            });
+        }
+        let projection = match &request.fields {
+            Some(text) => Some(self.filters.projection(text).map_err(|e| BadRequest(e.0))?),
+            None => None,
+        };
+        Ok(View { checks, projection })
     }
 
     /// The request's slots (partition counts from the topic table) and its

@@ -85,6 +85,20 @@ pub fn plan(
             (name, p, keys.map_or(Filter::Whole, Filter::Keys))
         })
         .collect();
+    // What the view keeps is part of the subscription: a cursor resumes
+    // only the filter (and the claim) that issued it.
+    for (name, text) in [("where", &request.filter), ("fields", &request.fields)] {
+        if let Some(t) = text {
+            canonical.push_str(&format!("\n{name}:{}:{t}", t.len()));
+        }
+    }
+    for (topic, text) in &request.claims {
+        canonical.push_str(&format!(
+            "\nclaim:{}:{topic}:{}:{text}",
+            topic.len(),
+            text.len()
+        ));
+    }
     let fingerprint = murmur2::murmur2(canonical.as_bytes(), FINGERPRINT_SEED);
     Plan {
         canonical,

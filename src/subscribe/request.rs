@@ -33,6 +33,13 @@ pub struct SubscribeRequest {
     pub selectors: Vec<Selector>,
     pub start: Start,
     pub format: Format,
+    /// `where=`: a CEL expression records must pass (compiled later).
+    pub filter: Option<String>,
+    /// `fields=`: the value paths to keep (parsed later).
+    pub fields: Option<String>,
+    /// Filters the caller's token makes mandatory: (topic, expression),
+    /// sorted; set after the token is checked, never from the query.
+    pub claims: Vec<(String, String)>,
 }
 
 /// Limits on what a request may ask for.
@@ -79,6 +86,7 @@ pub fn parse_request(
     let mut since = None;
     let mut cursor_param = None;
     let mut format = Format::Plain;
+    let (mut filter, mut fields) = (None, None);
     for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match &*name {
             "topic" => selectors.push(selector(&value, limits)?),
@@ -86,6 +94,8 @@ pub fn parse_request(
             "since" => since = Some(Start::Since(parse_time(&value)?)),
             "lastEventId" => cursor_param = Some(value.into_owned()),
             "format" => format = parse_format(&value)?,
+            "where" => filter = Some(value.into_owned()).filter(|w| !w.trim().is_empty()),
+            "fields" => fields = Some(value.into_owned()).filter(|f| !f.trim().is_empty()),
             _ => {} // cache busters and polyfill parameters
         }
     }
@@ -116,6 +126,9 @@ pub fn parse_request(
         selectors,
         start,
         format,
+        filter,
+        fields,
+        claims: Vec::new(),
     })
 }
 
