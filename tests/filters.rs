@@ -599,3 +599,68 @@ async fn a_filtered_keyed_subscription_on_tansu() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_page_filters_and_projects_in_chromium() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists() && std::path::Path::new("/usr/bin/chromium").exists(),
+        "playwright-core and chromium are missing: run `make test` (or `bash scripts/install-deps.sh test`)"
+    );
+    let node = node().await;
+    node.create_topic("shop", 1).await.expect("topic");
+    let p = producer(node.bootstrap_servers());
+    for (i, region) in ["eu", "us", "eu", "ap"].iter().enumerate() {
+        let v = json!({"region": region, "total": 10 * i, "secret": "s"}).to_string();
+        send(&p, "shop", None, &v, &[]).await;
+    }
+    send(
+        &p,
+        "shop",
+        None,
+        &json!({"region": "eu", "total": 999, "secret": "s"}).to_string(),
+        &[],
+    )
+    .await;
+    let filter = r#"value.region == "eu""#;
+    let url = format!(
+        "http://{}/?topic=shop&from=earliest&where={}&fields=total",
+        node.local_addr(),
+        form_urlencoded::byte_serialize(filter.as_bytes()).collect::<String>()
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .args(["filtered.mjs", &url, "999"])
+            .current_dir(&dir)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the browser finishes within a minute")
+    .expect("node starts");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_str(stdout.trim()).expect("json");
+    assert_eq!(got["where"], filter, "the box shows the filter");
+    assert_eq!(got["fields"], "total");
+    let rows: Vec<Value> = got["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| serde_json::from_str(r.as_str().unwrap_or_default()).expect("a JSON row"))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            json!({"total": 0}),
+            json!({"total": 20}),
+            json!({"total": 999})
+        ]
+    );
+    node.shutdown().await;
+}

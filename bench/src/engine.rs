@@ -171,6 +171,23 @@ impl Flow {
         }
     }
 
+    /// Clients on their own paths (`paths`), over streams `keys` with
+    /// `subs[i]` clients each.
+    pub fn per_path(
+        scenario: &'static str,
+        knobs: &FlowArgs,
+        paths: Vec<String>,
+        keys: Vec<String>,
+        subs: Vec<u64>,
+    ) -> Flow {
+        Flow {
+            paths,
+            keys,
+            subs,
+            ..Flow::new(scenario, knobs)
+        }
+    }
+
     /// One client per key, on `server`'s path for it.
     pub fn per_key(
         scenario: &'static str,

@@ -86,6 +86,9 @@ enum Cmd {
     Smoke(SmokeArgs),
     /// Event id (cursor) sizes for subscriptions of 1, 16 and 64 partitions.
     CursorSizes,
+    /// Clients with where= filters, F distinct ones, at one rate: what
+    /// filtering costs against the same deliveries by key selector.
+    Filters(FiltersArgs),
     /// What decoding Avro, Protobuf and JSON Schema records costs per
     /// record on one core, against the plain path (no server).
     Decode(DecodeArgs),
@@ -243,6 +246,29 @@ struct BroadcastArgs {
 }
 
 #[derive(Args, Clone)]
+struct FiltersArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    flow: FlowArgs,
+    #[arg(long, default_value_t = 10_000)]
+    clients: usize,
+    /// Distinct filters (each takes one key's records; clients share them evenly).
+    #[arg(long, default_value_t = 1000)]
+    filters: usize,
+    /// Records/s over all keys.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Key selectors instead of filters: the same deliveries, no CEL.
+    #[arg(long)]
+    keys_instead: bool,
+}
+
+#[derive(Args, Clone)]
 struct DecodeArgs {
     #[command(flatten)]
     run: RunArgs,
@@ -362,6 +388,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Idle(a) => exit_on(scenarios::idle(a).await),
             Cmd::Broadcast(a) => exit_on(scenarios::broadcast(a).await),
             Cmd::Decode(a) => exit_on(scenarios::decode(a).await),
+            Cmd::Filters(a) => exit_on(scenarios::filters(a).await),
             Cmd::Keyed(a) => exit_on(scenarios::keyed(a, false).await),
             Cmd::Light(a) => exit_on(scenarios::keyed(a, true).await),
             Cmd::Latency(a) => exit_on(scenarios::latency(a).await),

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use herald_bench::encoding::Encoding;
 
 use crate::engine::{print_flow, round2, run_flow, Flow, Session};
-use crate::{BroadcastArgs, KeyedArgs, LatencyArgs};
+use crate::{BroadcastArgs, FiltersArgs, KeyedArgs, LatencyArgs};
 
 /// The one key broadcast clients subscribe to.
 const HOT_KEY: &str = "hot";
@@ -89,6 +89,46 @@ pub async fn keyed(a: KeyedArgs, light: bool) -> anyhow::Result<Value> {
             .expect_partitions(s.server.is_herald().then_some(used));
         let mut result = run_flow(&s.server, flow, &a.run).await?;
         result["partitions"] = json!(partitions);
+        anyhow::Ok(result)
+    }
+    .await;
+    s.finish(result, print_flow).await
+}
+
+/// `filters`: clients on one topic, each with a `where=` that takes one
+/// key's records (`key == "kN"`), F distinct filters over the clients; or,
+/// with `--keys-instead`, the same clients on key selectors: the same
+/// deliveries without a filter, the baseline.
+pub async fn filters(a: FiltersArgs) -> anyhow::Result<Value> {
+    let s = Session::start(&a.server, &a.run, 1).await?;
+    let result = async {
+        if !s.server.is_herald() {
+            anyhow::bail!("filters are herald's");
+        }
+        let f = a.filters.clamp(1, a.clients.max(1));
+        let keys: Vec<String> = (0..f).map(|i| format!("k{i}")).collect();
+        let base = s.server.path(None)?;
+        let paths = (0..a.clients)
+            .map(|j| {
+                let key = &keys[j % f];
+                if a.keys_instead {
+                    s.server.path(Some(key))
+                } else {
+                    let filter = format!("key == \"{key}\"");
+                    let q: String = form_urlencoded::byte_serialize(filter.as_bytes()).collect();
+                    Ok(format!("{base}&where={q}"))
+                }
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let subs = (0..f)
+            .map(|i| (a.clients / f + usize::from(i < a.clients % f)) as u64)
+            .collect();
+        let flow =
+            Flow::per_path("filters", &a.flow, paths, keys, subs).steps(vec![a.rate], a.seconds);
+        let mut result = run_flow(&s.server, flow, &a.run).await?;
+        result["filters"] = json!(if a.keys_instead { 0 } else { f });
+        result["distinct_streams"] = json!(f);
+        result["keys_instead"] = json!(a.keys_instead);
         anyhow::Ok(result)
     }
     .await;

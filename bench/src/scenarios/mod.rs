@@ -17,7 +17,7 @@ mod smoke;
 
 pub use cursor::cursor_sizes;
 pub use decode::decode;
-pub use flows::{broadcast, keyed, latency};
+pub use flows::{broadcast, filters, keyed, latency};
 pub use idle::idle;
 pub use resume::resume;
 pub use smoke::smoke;
