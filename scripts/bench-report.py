@@ -745,6 +745,36 @@ def report(results, directory, seconds, nruns, charts_dir, md_path):
                 w(f"Avro p99 / JSON p99 (medians): **{pa / pj:.2f}×** (target: within 1.10×).")
                 w("")
 
+    # ---------------------------------------------------------- filters
+    frows = []
+    for label, prefix in [("10", "filters-10"), ("100", "filters-100"), ("1,000", "filters-1000"),
+                          ("1,000 at 10,000 records/s", "filters-1000x10k"), ("10,000", "filters-10000")]:
+        f_rs = runs(results, f"{prefix}-herald-10000")
+        k_rs = runs(results, f"filters-keys-{prefix[len('filters-'):]}-herald-10000")
+        if f_rs:
+            frows.append((label, f_rs, k_rs))
+    if frows:
+        w("## Filters")
+        w("")
+        w("10,000 clients on one topic, each with a `where=` filter that takes one key's records "
+          "(`key == \"kN\"`); F distinct filters shared evenly by the clients, 1,000 records/s round-robin "
+          "over the F keys, so each record goes to 10,000 / F clients. Against the same clients on key "
+          "selectors (`topic=T/kN`): the same deliveries without CEL. Each record is evaluated once "
+          "per distinct filter, whatever the clients.")
+        w("")
+        w("| distinct filters | offered deliveries/s | filtered: delivered/s | p99 ms | server CPU | key selectors: delivered/s | p99 ms | server CPU |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for label, f_rs, k_rs in frows:
+            fs = [steps(d)[0] for d in f_rs if steps(d)]
+            ks = [steps(d)[0] for d in k_rs if steps(d)]
+            kcells = ("–", "–", "–") if not ks else (
+                mmm([x['deliveries_per_s'] for x in ks]), mmm([x['p99_ms'] for x in ks], num, digits=1),
+                f"{num(med([x['server_cpu_pct'] for x in ks]), 0)} %")
+            w(f"| {label} | {human(med([x.get('offered_per_s') for x in fs]))} | {mmm([x['deliveries_per_s'] for x in fs])} | "
+              f"{mmm([x['p99_ms'] for x in fs], num, digits=1)} | {num(med([x['server_cpu_pct'] for x in fs]), 0)} % | "
+              f"{kcells[0]} | {kcells[1]} | {kcells[2]} |")
+        w("")
+
     # ---------------------------------------------------------- problems
     problems = [(n, p) for n, d in sorted(results.items()) for p in d.get("problems", [])]
     w("## Correctness")

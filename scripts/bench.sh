@@ -120,6 +120,12 @@ for r in $(seq 1 "$RUNS"); do
     run "broadcast-$e-herald-10000-r$r" broadcast --server herald --clients 10000 --encoding "$e" \
       --size 200 --deliveries 100000 --step-seconds 3 --warmup 0.5 --no-stop
   done
+  # Filters: 10,000 clients, F distinct where= filters (each one key's
+  # records), against key selectors carrying the same deliveries.
+  for f in 10 100 1000; do
+    run "filters-$f-herald-10000-r$r" filters --clients 10000 --filters "$f" --rate 1000 --seconds 3
+    run "filters-keys-$f-herald-10000-r$r" filters --clients 10000 --filters "$f" --rate 1000 --seconds 3 --keys-instead
+  done
   run "resume-herald-10000-r$r" resume --server herald --clients 10000 --behind 5
 done
 # The resume again with a 16-record replay buffer, so the catch-up must read
@@ -130,6 +136,11 @@ run "resume-kafka-herald-10000-r1" resume --server herald --clients 10000 --behi
 # 5 s (one run, to show what they cost the p99).
 run "keyed-noidleid-herald-15000-r1" keyed --server herald --clients 15000 --rate 5000 --seconds 4 \
   --herald-arg=--idle-id-interval=1h
+# Filters at the edges (one run each): 10,000 records/s over 1,000 filters,
+# and 10,000 distinct filters (one client each).
+run "filters-1000x10k-herald-10000-r1" filters --clients 10000 --filters 1000 --rate 10000 --seconds 3
+run "filters-keys-1000x10k-herald-10000-r1" filters --clients 10000 --filters 1000 --rate 10000 --seconds 3 --keys-instead
+run "filters-10000-herald-10000-r1" filters --clients 10000 --filters 10000 --rate 1000 --seconds 3
 # Client-count sweep for the chart (one run each; 10,000 is above).
 for c in 1000 3000; do
   for s in herald nchan; do

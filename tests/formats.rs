@@ -464,6 +464,24 @@ async fn decoded_keys_are_selected_by_their_canonical_text() {
     assert_eq!(got[0].1["key"], first[i].key, "the key arrives decoded");
     assert_eq!(got[0].1["value"], first[i].expected);
     assert!(got[0].1["key_schema"]["id"].is_u64(), "{}", got[0].1);
+    // Filters and projections see the decoded value.
+    let green = first
+        .iter()
+        .chain(&again)
+        .filter(|p| p.expected["enum_field"] == "GREEN")
+        .count();
+    assert!(
+        green > 0 && green < first.len() + again.len(),
+        "the fixtures vary the enum"
+    );
+    let q = format!(
+        "from=earliest&fields=enum_field&where={}",
+        form_urlencoded::byte_serialize(br#"value.enum_field == "GREEN""#).collect::<String>()
+    );
+    let mut s = open(node.local_addr(), &events_path(&["orders"], &q), None).await;
+    for (_, v) in read_json(&mut s, green).await {
+        assert_eq!(v, json!({"enum_field": "GREEN"}));
+    }
     node.shutdown().await;
 }
 
@@ -794,5 +812,110 @@ async fn the_built_in_page_shows_decoded_records_with_their_schema_in_chromium()
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_registry_is_trusted_through_the_ca_file_and_asked_with_a_bearer_token() {
+    let dir = TempDir::new("herald-registry-tls");
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (cert_s, key_s) = (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    );
+    let registry = SchemaRegistry::start(&[
+        "--bearer",
+        "s3cret-token",
+        "--tls-cert",
+        &cert_s,
+        "--tls-key",
+        &key_s,
+    ])
+    .await;
+    let url = format!("https://127.0.0.1:{}", registry.port);
+    // Register over HTTPS with curl (the tests' own client speaks plain HTTP).
+    let body = json!({"schema": "{\"type\":\"object\"}", "schemaType": "JSON"}).to_string();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--cacert",
+            &cert_s,
+            "-H",
+            "Authorization: Bearer s3cret-token",
+        ])
+        .args([
+            "-H",
+            "Content-Type: application/vnd.schemaregistry.v1+json",
+            "-d",
+            &body,
+        ])
+        .arg(format!("{url}/subjects/tls-value/versions"))
+        .output()
+        .expect("curl runs");
+    let id: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)));
+    let id = id["id"]
+        .as_u64()
+        .and_then(|i| u32::try_from(i).ok())
+        .expect("an id");
+
+    // Without the CA the registry cannot be reached: the record waits, and says why.
+    let untrusting = node_with(registry_config(&url)).await;
+    untrusting.create_topic("tls", 1).await.expect("topic");
+    let p = producer(untrusting.bootstrap_servers());
+    let mut s = open(untrusting.local_addr(), &events_path(&["tls"], ""), None).await;
+    produce_to(&p, "tls", 0, &framed(id, br#"{"over":"https"}"#)).await;
+    let ops = ops_addr(&untrusting);
+    wait_for(
+        "the record waits for a registry it cannot trust",
+        Duration::from_secs(10),
+        || async move {
+            let st = get_json(ops, "/v1/stats").await;
+            st["held_partitions"][0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("unreachable"))
+        },
+    )
+    .await;
+    drop(s);
+    untrusting.shutdown().await;
+
+    let mut c = registry_config(&url);
+    c.schema_registry_ca = Some(cert.clone());
+    c.schema_registry_token = Some("s3cret-token".into());
+    let node = node_with(c).await;
+    node.create_topic("tls", 1).await.expect("topic");
+    let p = producer(node.bootstrap_servers());
+    s = open(
+        node.local_addr(),
+        &events_path(&["tls"], "format=envelope"),
+        None,
+    )
+    .await;
+    produce_to(&p, "tls", 0, &framed(id, br#"{"over":"https"}"#)).await;
+    let got = read_json(&mut s, 1).await;
+    assert_eq!(got[0].1["value"], json!({"over": "https"}));
+    assert_eq!(got[0].1["schema"]["id"], id);
     node.shutdown().await;
 }

@@ -80,8 +80,9 @@ impl Expr {
     /// Whether `vars` passes; an error is "no", and counted.
     pub fn eval(&self, vars: &RecordVars) -> bool {
         let result = ROOT.with(|root| {
+            let root: &cel::Context<'_, '_> = root;
             let mut ctx = root.new_inner_scope();
-            vars.bind(&mut ctx);
+            ctx.set_variable_resolver(vars);
             self.program.execute(&ctx)
         });
         match result {

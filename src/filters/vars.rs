@@ -97,18 +97,24 @@ impl RecordVars {
             topic: cel::Value::String(Arc::new(topic.to_owned())),
         }
     }
+}
 
-    pub(super) fn bind(&self, ctx: &mut cel::Context<'_, '_>) {
-        for (name, v) in [
-            ("key", &self.key),
-            ("value", &self.value),
-            ("headers", &self.headers),
-            ("timestamp", &self.timestamp),
-            ("partition", &self.partition),
-            ("offset", &self.offset),
-            ("topic", &self.topic),
-        ] {
-            ctx.add_variable_from_value(name, v.clone());
-        }
+/// Variables are handed to the interpreter only when an expression reads
+/// them (binding all seven for every evaluation cost more than most
+/// evaluations themselves).
+impl cel::context::VariableResolver for RecordVars {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<cel::common::value::CowVal<'b, 'b>> {
+        let v = match variable {
+            "key" => &self.key,
+            "value" => &self.value,
+            "headers" => &self.headers,
+            "timestamp" => &self.timestamp,
+            "partition" => &self.partition,
+            "offset" => &self.offset,
+            "topic" => &self.topic,
+            _ => return None,
+        };
+        let boxed: Box<dyn cel::common::value::Val> = v.clone().try_into().ok()?;
+        Some(cel::common::value::CowVal::Owned(boxed))
     }
 }

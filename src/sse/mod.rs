@@ -20,6 +20,9 @@ use std::sync::OnceLock;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
 use parking_lot::Mutex;
 
 use crate::filters::vars::Field;
@@ -77,7 +80,7 @@ pub struct Encoded {
     /// The record as filters see it, built on first use.
     vars: OnceLock<RecordVars>,
     /// Verdicts of the filters that have seen this record, by expression id.
-    verdicts: Mutex<Vec<(u64, bool)>>,
+    verdicts: Mutex<HashMap<u64, bool, BuildHasherDefault<IdHasher>>>,
     /// Bodies with a projection, by (projection id, format).
     projected: Mutex<Vec<(u64, Format, Bytes)>>,
 }
@@ -107,7 +110,7 @@ impl Encoded {
             envelope: OnceLock::new(),
             value_json: OnceLock::new(),
             vars: OnceLock::new(),
-            verdicts: Mutex::new(Vec::new()),
+            verdicts: Mutex::new(HashMap::default()),
             projected: Mutex::new(Vec::new()),
         }
     }
@@ -157,14 +160,11 @@ impl Encoded {
     /// Whether this record passes `expr`: evaluated once per record and
     /// expression, whoever asks.
     pub fn passes(&self, expr: &Expr) -> bool {
-        if let Some(&(_, v)) = self.verdicts.lock().iter().find(|(id, _)| *id == expr.id) {
+        if let Some(&v) = self.verdicts.lock().get(&expr.id) {
             return v;
         }
         let verdict = expr.eval(self.vars());
-        let mut verdicts = self.verdicts.lock();
-        if !verdicts.iter().any(|(id, _)| *id == expr.id) {
-            verdicts.push((expr.id, verdict));
-        }
+        self.verdicts.lock().entry(expr.id).or_insert(verdict);
         verdict
     }
 
@@ -317,6 +317,26 @@ impl Encoded {
                 "value": r.value.as_ref().map(|v| STANDARD.encode(v)),
             }),
         )
+    }
+}
+
+/// Hashes expression ids (unique counters) with a multiply.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 

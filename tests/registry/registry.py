@@ -6,6 +6,7 @@ serializers and deserializers (Avro, Protobuf, JSON Schema) use, plus a few
 control endpoints under /__control/ for fault injection and request counting.
 
 Usage: registry.py --port PORT [--state FILE] [--basic-auth USER:PASS]
+                   [--bearer TOKEN] [--tls-cert PEM --tls-key PEM]
 
 Prints "listening 127.0.0.1:PORT" on stdout once it accepts connections
 (with --port 0 the port is picked by the OS). With --state FILE the schemas
@@ -274,10 +275,12 @@ class Handler(BaseHTTPRequestHandler):
         self.send(err.status, {"error_code": err.error_code, "message": err.message})
 
     def authorized(self):
+        header = self.headers.get("Authorization", "")
+        if self.server.bearer is not None:
+            return header == f"Bearer {self.server.bearer}"
         expected = self.server.basic_auth
         if expected is None:
             return True
-        header = self.headers.get("Authorization", "")
         token = base64.b64encode(expected.encode("utf-8")).decode("ascii")
         return header == f"Basic {token}"
 
@@ -455,10 +458,11 @@ class Handler(BaseHTTPRequestHandler):
 class RegistryServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, store, basic_auth):
+    def __init__(self, address, store, basic_auth, bearer=None):
         super().__init__(address, Handler)
         self.store = store
         self.basic_auth = basic_auth
+        self.bearer = bearer
         self.faults = Faults()
         self.lock = threading.Lock()  # guards faults and requests
         self.requests = {}
@@ -473,9 +477,18 @@ def main():
     parser.add_argument("--port", type=int, required=True, help="0 picks a free port")
     parser.add_argument("--state", help="JSON file keeping schemas across restarts")
     parser.add_argument("--basic-auth", metavar="USER:PASS", help="demand HTTP basic auth")
+    parser.add_argument("--bearer", metavar="TOKEN", help="demand Authorization: Bearer TOKEN")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate")
+    parser.add_argument("--tls-key", help="the certificate's PEM private key")
     args = parser.parse_args()
 
-    server = RegistryServer(("127.0.0.1", args.port), Store(args.state), args.basic_auth)
+    server = RegistryServer(("127.0.0.1", args.port), Store(args.state), args.basic_auth, args.bearer)
+    if args.tls_cert:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     host, port = server.server_address[:2]
     print(f"listening {host}:{port}", flush=True)
     try:
