@@ -774,6 +774,17 @@ def report(results, directory, seconds, nruns, charts_dir, md_path):
               f"{mmm([x['p99_ms'] for x in fs], num, digits=1)} | {num(med([x['server_cpu_pct'] for x in fs]), 0)} % | "
               f"{kcells[0]} | {kcells[1]} | {kcells[2]} |")
         w("")
+        one_k = runs(results, "filters-1000c1k-herald-1000")
+        ten_k = runs(results, "filters-1000-herald-10000")
+        if one_k and ten_k:
+            a = [steps(d)[0] for d in one_k if steps(d)]
+            b = [steps(d)[0] for d in ten_k if steps(d)]
+            w(f"The same 1,000 filters at 1,000 records/s for 1,000 clients (one each) instead of 10,000: "
+              f"server CPU {num(med([x['server_cpu_pct'] for x in a]), 0)} % against "
+              f"{num(med([x['server_cpu_pct'] for x in b]), 0)} %, p99 {num(med([x['p99_ms'] for x in a]))} ms "
+              f"against {num(med([x['p99_ms'] for x in b]))} ms: ten times the connections (and deliveries) "
+              f"on the same distinct filters.")
+            w("")
 
     # ---------------------------------------------------------- problems
     problems = [(n, p) for n, d in sorted(results.items()) for p in d.get("problems", [])]

@@ -141,6 +141,8 @@ run "keyed-noidleid-herald-15000-r1" keyed --server herald --clients 15000 --rat
 run "filters-1000x10k-herald-10000-r1" filters --clients 10000 --filters 1000 --rate 10000 --seconds 3
 run "filters-keys-1000x10k-herald-10000-r1" filters --clients 10000 --filters 1000 --rate 10000 --seconds 3 --keys-instead
 run "filters-10000-herald-10000-r1" filters --clients 10000 --filters 10000 --rate 1000 --seconds 3
+# The same 1,000 filters for 1,000 clients instead of 10,000: what connections add.
+run "filters-1000c1k-herald-1000-r1" filters --clients 1000 --filters 1000 --rate 1000 --seconds 3
 # Client-count sweep for the chart (one run each; 10,000 is above).
 for c in 1000 3000; do
   for s in herald nchan; do

@@ -224,7 +224,7 @@ async fn bad_and_hostile_expressions_are_refused_and_the_node_stays_responsive()
     node.create_topic("t", 1).await.expect("topic");
     let deep = format!("{}true{}", "(".repeat(200), ")".repeat(200));
     let long = format!("value.s == '{}'", "x".repeat(5000));
-    let nested = "value.a.all(x, value.a.all(y, value.a.all(z, true)))";
+    let nested = "value.a.all(x, value.a.exists(y, y == x))";
     let bangs = format!("{}true", "!".repeat(500));
     for (filter, fields, expect) in [
         ("value.n >", "", "does not parse"),
@@ -232,7 +232,7 @@ async fn bad_and_hostile_expressions_are_refused_and_the_node_stays_responsive()
         (deep.as_str(), "", "deeper"),
         (bangs.as_str(), "", "unary"),
         (long.as_str(), "", "bytes"),
-        (nested, "", "comprehensions"),
+        (nested, "", "inside another"),
         ("true", "a..b", "fields="),
         (
             "true",

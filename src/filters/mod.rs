@@ -193,6 +193,10 @@ fn prescan(text: &str, limits: FilterLimits) -> Result<(), FilterError> {
     }
     let bytes = text.as_bytes();
     let (mut depth, mut unary, mut comprehensions) = (0usize, 0usize, 0usize);
+    // Bracket depths of the comprehensions open here: one inside another
+    // costs the product of their lists' sizes, per record.
+    let mut open_comprehensions: Vec<usize> = Vec::new();
+    let mut comprehension_next = false;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -208,6 +212,15 @@ fn prescan(text: &str, limits: FilterLimits) -> Result<(), FilterError> {
             }
             b'(' | b'[' | b'{' => {
                 depth += 1;
+                if b == b'(' && comprehension_next {
+                    comprehension_next = false;
+                    if !open_comprehensions.is_empty() {
+                        return Err(FilterError(format!(
+                            "where= nests a comprehension inside another at byte {i} (its cost would multiply per record)"
+                        )));
+                    }
+                    open_comprehensions.push(depth);
+                }
                 if depth > limits.max_depth {
                     return Err(FilterError(format!(
                         "where= nests deeper than {} at byte {i}",
@@ -215,7 +228,12 @@ fn prescan(text: &str, limits: FilterLimits) -> Result<(), FilterError> {
                     )));
                 }
             }
-            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            b')' | b']' | b'}' => {
+                if open_comprehensions.last() == Some(&depth) {
+                    open_comprehensions.pop();
+                }
+                depth = depth.saturating_sub(1);
+            }
             b'!' | b'-' if bytes.get(i + 1) != Some(&b'=') => {
                 unary += 1;
                 if unary > limits.max_depth {
@@ -238,6 +256,7 @@ fn prescan(text: &str, limits: FilterLimits) -> Result<(), FilterError> {
                 && rest[name_end..].trim_start().starts_with('(')
             {
                 comprehensions += 1;
+                comprehension_next = true;
                 if comprehensions > limits.max_comprehensions {
                     return Err(FilterError(format!(
                         "where= has more than {} comprehensions (all, exists, exists_one, map, filter)",
@@ -281,10 +300,14 @@ mod tests {
         assert!(f
             .expr(&"1 + ".repeat(1000))
             .is_err_and(|e| e.0.contains("bytes")));
-        let nested = "value.a.all(x, value.a.all(y, value.a.exists(z, true)))";
-        assert!(f
-            .expr(nested)
-            .is_err_and(|e| e.0.contains("comprehensions")));
+        let three = "value.a.all(x, x > 0) && value.b.all(y, y > 0) && value.c.exists(z, true)";
+        assert!(f.expr(three).is_err_and(|e| e.0.contains("comprehensions")));
+        let nested = "value.a.all(x, value.b.exists(y, y == x))";
+        assert!(
+            f.expr(nested)
+                .is_err_and(|e| e.0.contains("inside another")),
+            "O(n²) per record"
+        );
         // Brackets inside strings do not count.
         assert!(f.expr(&format!("value.s == '{}'", "(".repeat(40))).is_ok());
         assert!(f

@@ -3,7 +3,9 @@
 
 /// `body` as one-line JSON text, or why it is not JSON.
 pub fn decode(body: &[u8]) -> Result<Vec<u8>, String> {
-    serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| e.to_string())?;
+    // serde_json skips over a string it ignores without checking its UTF-8.
+    let text = std::str::from_utf8(body).map_err(|e| format!("not UTF-8: {e}"))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| e.to_string())?;
     Ok(minify(body))
 }
 
@@ -55,6 +57,8 @@ mod tests {
             Some(&b"12345678901234567890123"[..])
         );
         assert!(decode(b"{\"a\":").is_err());
+        // Found by fuzzing: a string holding bytes that are not UTF-8.
+        assert!(decode(b"\"z+\x82\"").is_err());
     }
 
     proptest! {
