@@ -23,8 +23,10 @@ use crate::sse::{self, Encoded};
 /// Scratch space reused across the records of one ingest batch.
 #[derive(Default)]
 pub struct FanoutBatch {
-    /// The event for each subscription shape, for the record being fanned out.
-    events: HashMap<usize, Bytes, BuildHasherDefault<ShapeHasher>>,
+    /// The event for each subscription shape, for the record being fanned
+    /// out; `None` for a shape whose filters refuse it (asked once per
+    /// shape, not per connection).
+    events: HashMap<usize, Option<Bytes>, BuildHasherDefault<ShapeHasher>>,
     pub wakers: Wakers,
 }
 
@@ -51,19 +53,21 @@ impl Registry {
         let mut delivered = 0u64;
         for member in inner.whole.iter().chain(keyed.unwrap_or_default()) {
             let sub = &member.sub;
-            if !sub.shape.passes(&record) {
+            let shape_ptr = Arc::as_ptr(&sub.shape) as usize;
+            let event = batch.events.entry(shape_ptr).or_insert_with(|| {
+                sub.shape.passes(&record).then(|| {
+                    let body = sub.shape.body(&record);
+                    sse::event_with_id(&sub.shape.live_cursor_with(log, next), &body)
+                })
+            });
+            let Some(event) = event else {
                 continue; // its cursor moves on with the partition's (or by id-only events)
-            }
+            };
             let state = &sub.slots[member.slot];
             if offset < state.position.load(Ordering::Acquire) {
                 continue; // this client's cursor is further on than we are
             }
             let pushed = if sub.aligned.load(Ordering::Acquire) || sub.refresh_aligned() {
-                let shape_ptr = Arc::as_ptr(&sub.shape) as usize;
-                let event = batch.events.entry(shape_ptr).or_insert_with(|| {
-                    let body = sub.shape.body(&record);
-                    sse::event_with_id(&sub.shape.live_cursor_with(log, next), &body)
-                });
                 sub.connection
                     .queue
                     .push(&[event], record.record.timestamp, &mut batch.wakers)
