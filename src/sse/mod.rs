@@ -223,7 +223,8 @@ impl Encoded {
             Part::Json { text, .. } => text.len() * 2,
             _ => 0,
         };
-        128 + r.key.as_ref().map_or(0, |k| k.len())
+        std::mem::size_of::<Encoded>()
+            + r.key.as_ref().map_or(0, |k| k.len())
             + r.value.as_ref().map_or(0, |v| v.len()) * 2
             + headers
             + text(&self.decoded.key)
