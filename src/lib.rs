@@ -64,6 +64,7 @@ mod registry;
 pub mod sse;
 pub mod subscribe;
 mod sweeps;
+mod unique_hash;
 
 pub use config::Config;
 pub use http::h1;

@@ -10,6 +10,8 @@
 
 use std::io::Write as _;
 
+use herald::formats::framing::{put_varint as varint, put_zigzag as zigzag};
+
 use crate::record::write_value;
 
 /// The Avro schema, as a registry serves it.
@@ -33,31 +35,6 @@ pub enum Encoding {
     Json,
     /// The trade record as Confluent-framed Avro (schema id 1).
     Avro,
-}
-
-fn zigzag(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    loop {
-        let b = (z & 0x7f) as u8;
-        z >>= 7;
-        if z == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
 }
 
 fn avro_string(out: &mut Vec<u8>, s: &[u8]) {

@@ -422,15 +422,9 @@ impl AvroSchema {
 
 /// A zigzag varint long, as Avro writes them.
 fn read_long(rest: &mut &[u8]) -> Option<i64> {
-    let mut value: u64 = 0;
-    for (i, &b) in rest.iter().enumerate().take(10) {
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            *rest = &rest[i + 1..];
-            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
-        }
-    }
-    None
+    let (v, after) = super::framing::read_zigzag(rest)?;
+    *rest = after;
+    Some(v)
 }
 
 /// Skips a length-prefixed `bytes` or `string`.

@@ -33,7 +33,8 @@ pub fn split(bytes: &[u8]) -> Option<Framed<'_>> {
 
 /// Splits a Protobuf body into its message-index path and the message bytes.
 pub fn message_path(body: &[u8]) -> Result<(Vec<usize>, &[u8]), String> {
-    let (count, mut rest) = zigzag(body)?;
+    let (count, mut rest) =
+        read_zigzag(body).ok_or_else(|| "truncated message-index varint".to_string())?;
     if count == 0 {
         return Ok((vec![0], rest));
     }
@@ -43,7 +44,8 @@ pub fn message_path(body: &[u8]) -> Result<(Vec<usize>, &[u8]), String> {
         .ok_or_else(|| format!("message-index count {count} is not between 0 and {MAX_PATH}"))?;
     let mut path = Vec::with_capacity(count);
     for _ in 0..count {
-        let (index, after) = zigzag(rest)?;
+        let (index, after) =
+            read_zigzag(rest).ok_or_else(|| "truncated message-index varint".to_string())?;
         let index =
             usize::try_from(index).map_err(|_| format!("message index {index} is negative"))?;
         path.push(index);
@@ -52,17 +54,36 @@ pub fn message_path(body: &[u8]) -> Result<(Vec<usize>, &[u8]), String> {
     Ok((path, rest))
 }
 
-/// One zigzag-encoded varint of at most 64 bits, and what follows it.
-fn zigzag(bytes: &[u8]) -> Result<(i64, &[u8]), String> {
+/// One zigzag-encoded varint of at most 64 bits (Kafka's and Avro's
+/// `long`), and what follows it; `None` if truncated.
+pub fn read_zigzag(bytes: &[u8]) -> Option<(i64, &[u8])> {
     let mut value: u64 = 0;
     for (i, &b) in bytes.iter().enumerate().take(10) {
         value |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
             let signed = ((value >> 1) as i64) ^ -((value & 1) as i64);
-            return Ok((signed, &bytes[i + 1..]));
+            return Some((signed, &bytes[i + 1..]));
         }
     }
-    Err("truncated message-index varint".into())
+    None
+}
+
+/// Appends `v` as an unsigned varint (Protobuf's).
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// Appends `v` zigzag-encoded (Kafka's and Avro's `long`).
+pub fn put_zigzag(out: &mut Vec<u8>, v: i64) {
+    put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
 }
 
 /// Encodes a message-index path (tests and the load generator produce with it).
@@ -71,21 +92,9 @@ pub fn encode_message_path(path: &[usize], out: &mut Vec<u8>) {
         out.push(0);
         return;
     }
-    let mut put = |v: i64| {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        loop {
-            let b = (z & 0x7f) as u8;
-            z >>= 7;
-            if z == 0 {
-                out.push(b);
-                break;
-            }
-            out.push(b | 0x80);
-        }
-    };
-    put(i64::try_from(path.len()).unwrap_or(i64::MAX));
+    put_zigzag(out, i64::try_from(path.len()).unwrap_or(i64::MAX));
     for &i in path {
-        put(i64::try_from(i).unwrap_or(i64::MAX));
+        put_zigzag(out, i64::try_from(i).unwrap_or(i64::MAX));
     }
 }
 

@@ -7,18 +7,16 @@
 //! an event with its own cursor. The live position moves only after every
 //! queue has the record.
 
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::partition::{PartitionLog, Status};
-use super::shape::ShapeHasher;
 use super::Registry;
 use crate::queue::{Pushed, Wakers};
 use crate::sse::{self, Encoded};
+use crate::unique_hash::UniqueMap;
 
 /// Scratch space reused across the records of one ingest batch.
 #[derive(Default)]
@@ -26,7 +24,7 @@ pub struct FanoutBatch {
     /// The event for each subscription shape, for the record being fanned
     /// out; `None` for a shape whose filters refuse it (asked once per
     /// shape, not per connection).
-    events: HashMap<usize, Option<Bytes>, BuildHasherDefault<ShapeHasher>>,
+    events: UniqueMap<usize, Option<Bytes>>,
     pub wakers: Wakers,
 }
 

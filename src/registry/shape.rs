@@ -5,7 +5,6 @@
 //! so the fan-out builds one event (id line and body) per shape and record,
 //! and each connection of the shape queues that one buffer.
 
-use std::hash::Hasher;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -108,29 +107,5 @@ impl Shape {
     /// `record`'s body for this shape: its format, its projection.
     pub fn body(&self, record: &Encoded) -> Bytes {
         record.body_with(self.format, self.view.projection.as_deref())
-    }
-}
-
-/// Hashes a shape's address (looked up once per subscriber and record in
-/// the fan-out, where SipHash showed up at 3.7 % of a broadcast's profile):
-/// addresses are unique, a multiply spreads them over the table.
-#[derive(Default)]
-pub struct ShapeHasher(u64);
-
-const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
-
-impl Hasher for ShapeHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(SPREAD);
-        }
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.0 = (n as u64).wrapping_mul(SPREAD);
     }
 }

@@ -20,15 +20,13 @@ use std::sync::OnceLock;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use parking_lot::Mutex;
 
 use crate::filters::vars::Field;
 use crate::filters::{Expr, Projection, RecordVars};
 use crate::formats::{Decoded, Part};
 use crate::record::Record;
+use crate::unique_hash::UniqueMap;
 
 pub mod read;
 
@@ -80,7 +78,7 @@ pub struct Encoded {
     /// The record as filters see it, built on first use.
     vars: OnceLock<RecordVars>,
     /// Verdicts of the filters that have seen this record, by expression id.
-    verdicts: Mutex<HashMap<u64, bool, BuildHasherDefault<IdHasher>>>,
+    verdicts: Mutex<UniqueMap<u64, bool>>,
     /// Bodies with a projection, by (projection id, format).
     projected: Mutex<Vec<(u64, Format, Bytes)>>,
 }
@@ -110,7 +108,7 @@ impl Encoded {
             envelope: OnceLock::new(),
             value_json: OnceLock::new(),
             vars: OnceLock::new(),
-            verdicts: Mutex::new(HashMap::default()),
+            verdicts: Mutex::new(UniqueMap::default()),
             projected: Mutex::new(Vec::new()),
         }
     }
@@ -318,26 +316,6 @@ impl Encoded {
                 "value": r.value.as_ref().map(|v| STANDARD.encode(v)),
             }),
         )
-    }
-}
-
-/// Hashes expression ids (unique counters) with a multiply.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
