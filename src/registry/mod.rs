@@ -125,7 +125,7 @@ impl Registry {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let connection = Arc::new(Connection::new(id, self.queue_bytes, peer));
         let subscriber = Arc::new(Subscriber::new(connection.clone(), shape));
-        let _ = connection.subscriber.set(subscriber.clone());
+        connection.set_subscriber(subscriber.clone());
         self.connections.insert(id, connection);
         self.metrics.connections.inc();
         for topic in subscriber.shape.topics.iter() {
@@ -222,7 +222,7 @@ impl Registry {
             return;
         }
         self.metrics.connections.dec();
-        let Some(sub) = connection.subscriber() else {
+        let Some(sub) = connection.take_subscriber() else {
             return;
         };
         sub.closed.store(true, Ordering::Release);
@@ -232,7 +232,7 @@ impl Registry {
         for (i, slot) in sub.shape.slots.iter().enumerate() {
             let mut inner = slot.log.lock();
             if sub.slots[i].joined.load(Ordering::Acquire) {
-                let mine = |m: &partition::Member| m.slot == i && Arc::ptr_eq(&m.sub, sub);
+                let mine = |m: &partition::Member| m.slot == i && Arc::ptr_eq(&m.sub, &sub);
                 match &slot.filter {
                     Filter::Whole => {
                         if let Some(at) = inner.whole.iter().position(mine) {

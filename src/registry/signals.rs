@@ -27,7 +27,7 @@ impl Registry {
             if !sub.shape.is_selective() || connection.queue.queued_bytes() > 0 {
                 continue;
             }
-            if self.send_cursor(sub, wakers) {
+            if self.send_cursor(&sub, wakers) {
                 sent += 1;
             }
         }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::shape::Shape;
@@ -43,7 +44,10 @@ pub struct Connection {
     pub queue: ConnectionQueue,
     pub peer: SocketAddr,
     pub opened: Instant,
-    pub(super) subscriber: OnceLock<Arc<Subscriber>>,
+    /// Its subscription. Taken when the stream ends: the subscriber holds
+    /// the connection too, and the pair would otherwise keep each other
+    /// (and their shape, queue and filters) alive forever.
+    subscriber: Mutex<Option<Arc<Subscriber>>>,
     /// Closes the transport that carries this stream when hyper serves it
     /// (hyper stops polling a body whose client stalls, so only dropping its
     /// connection ends it). Streams served by `h1` watch the queue instead.
@@ -57,13 +61,22 @@ impl Connection {
             queue: ConnectionQueue::new(queue_bytes),
             peer,
             opened: Instant::now(),
-            subscriber: OnceLock::new(),
+            subscriber: Mutex::new(None),
             transport: OnceLock::new(),
         }
     }
 
-    pub fn subscriber(&self) -> Option<&Arc<Subscriber>> {
-        self.subscriber.get()
+    pub fn subscriber(&self) -> Option<Arc<Subscriber>> {
+        self.subscriber.lock().clone()
+    }
+
+    pub(super) fn set_subscriber(&self, sub: Arc<Subscriber>) {
+        *self.subscriber.lock() = Some(sub);
+    }
+
+    /// Ends the pair's hold on each other (see `subscriber`).
+    pub(super) fn take_subscriber(&self) -> Option<Arc<Subscriber>> {
+        self.subscriber.lock().take()
     }
 
     /// Ties this stream to the transport that carries it.

@@ -339,3 +339,27 @@ fn a_subscriber_gone_before_its_join_is_not_joined() {
         "only the first subscriber is a member"
     );
 }
+
+#[test]
+fn a_closed_stream_frees_its_connection_subscriber_and_shape() {
+    let world = World::new();
+    // Keyed: a shape of its own (the world's first client has the whole one).
+    let sub = world.subscribe(true);
+    let mut wakers = Wakers::default();
+    world.registry.join(&sub, 0, SlotStart::Live, &mut wakers);
+    let (sub_weak, connection_weak, shape_weak) = (
+        Arc::downgrade(&sub),
+        Arc::downgrade(&sub.connection),
+        Arc::downgrade(&sub.shape),
+    );
+    let connection = sub.connection.clone();
+    drop(sub);
+    world.registry.unsubscribe(&connection);
+    drop(connection);
+    assert!(sub_weak.upgrade().is_none(), "the subscriber is freed");
+    assert!(
+        connection_weak.upgrade().is_none(),
+        "the connection is freed"
+    );
+    assert!(shape_weak.upgrade().is_none(), "the shape is freed");
+}
