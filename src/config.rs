@@ -273,6 +273,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_KEY_FORMAT", value_delimiter = ',')]
     pub key_format: Vec<String>,
 
+    /// Distinct where= expressions and fields= projections a node keeps in
+    /// use (each costs an evaluation per record); past it, 429.
+    #[arg(long, env = "HERALD_MAX_FILTERS", default_value_t = 10_000)]
+    pub max_filters: usize,
+
     /// Compiled schemas a node keeps (by id); the least recently used
     /// beyond it are dropped, never one in use.
     #[arg(long, env = "HERALD_SCHEMA_CACHE_SIZE", default_value_t = 10_000)]

@@ -37,6 +37,8 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     TooManyRequests(String),
+    #[error("{0}")]
+    TooManyFilters(String),
     #[error("request target is longer than the {0}-byte limit")]
     UriTooLong(usize),
     #[error("origin `{0}` is not allowed")]
@@ -60,6 +62,7 @@ impl From<OpenError> for ApiError {
         match e {
             OpenError::BadRequest(b) => b.into(),
             OpenError::UnknownTopic(t) => ApiError::UnknownTopic(t),
+            e @ OpenError::FiltersFull(_) => ApiError::TooManyFilters(e.to_string()),
             e @ OpenError::BadCursor(_) => ApiError::BadCursor(e.to_string()),
             e @ OpenError::SinceUnsupported => ApiError::Unsupported(e.to_string()),
             OpenError::Kafka(k) => ApiError::Kafka(k),
@@ -79,7 +82,9 @@ impl ApiError {
             ApiError::Kafka(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) | ApiError::OriginRefused(_) => StatusCode::FORBIDDEN,
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests(_) | ApiError::TooManyFilters(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
         }
     }
@@ -97,6 +102,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::TooManyRequests(_) => "too_many_streams",
+            ApiError::TooManyFilters(_) => "too_many_filters",
             ApiError::UriTooLong(_) => "uri_too_long",
             ApiError::OriginRefused(_) => "origin_refused",
         }

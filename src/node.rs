@@ -346,13 +346,20 @@ impl Wiring<'_> {
         let config = self.config;
         let auth = Arc::new(auth(config)?);
         let cors = Arc::new(Cors::new(&config.cors_origins, config.cors_credentials));
+        let filters = Arc::new(Filters::new(
+            FilterLimits {
+                max_distinct: config.max_filters,
+                ..FilterLimits::default()
+            },
+            self.metrics,
+        ));
         let subscriptions = Arc::new(Subscriptions {
             registry: self.registry.clone(),
             kafka: self.readers.kafka.clone(),
             ingest: self.readers.ingest.clone(),
             catchup: self.readers.catchup.clone(),
             decoder: self.readers.decoder.clone(),
-            filters: Arc::new(Filters::new(FilterLimits::default(), self.metrics)),
+            filters: filters.clone(),
             max_partitions: config.max_stream_partitions,
             retry_ms: config.retry_ms,
             since_supported: self.embedded.is_none(),
@@ -392,6 +399,7 @@ impl Wiring<'_> {
                 bootstrap: self.bootstrap.to_owned(),
                 embedded: self.embedded.is_some(),
                 decoder: self.readers.decoder.clone(),
+                filters,
             },
             cors,
             metrics: self.metrics.clone(),

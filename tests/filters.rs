@@ -277,6 +277,73 @@ async fn bad_and_hostile_expressions_are_refused_and_the_node_stays_responsive()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_more_distinct_filters_than_its_limit_and_shares_the_ones_it_has() {
+    let mut c = config();
+    c.max_filters = 2;
+    let node = node_with(c).await;
+    node.create_topic("t", 1).await.expect("topic");
+    let mut a = open(node.local_addr(), &path("t", "value.n == 1", ""), None).await;
+    // A filter and a projection, both new: two more than the one left.
+    let (status, _) = request(
+        node.local_addr(),
+        "GET",
+        &path("t", "true", "fields=n"),
+        b"",
+    )
+    .await;
+    assert_eq!(status, 429, "both must fit");
+    let b = open(
+        node.local_addr(),
+        &path("t", "value.n == 1", "fields=n"),
+        None,
+    )
+    .await;
+    assert_eq!((a.status, b.status), (200, 200));
+    // A third distinct one: 429, JSON, naming the limit.
+    let (status, body) = request(
+        node.local_addr(),
+        "GET",
+        &path("t", "value.n == 2", ""),
+        b"",
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("a JSON error");
+    assert_eq!(v["error"]["code"], "too_many_filters", "{v}");
+    // One in use is shared, whatever the number of streams.
+    let mut again = open(node.local_addr(), &path("t", "value.n == 1", ""), None).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    let p = producer(node.bootstrap_servers());
+    send(&p, "t", None, r#"{"n":1}"#, &[]).await;
+    for s in [&mut a, &mut again] {
+        assert_eq!(
+            s.next_data(SECS_10).await.and_then(|e| e.data).as_deref(),
+            Some(r#"{"n":1}"#)
+        );
+    }
+    // Room again once a filter is no longer used.
+    drop(b);
+    // (The node notices the closed stream when it next writes to it.)
+    let addr = node.local_addr();
+    wait_for(
+        "the closed stream's projection is released",
+        SECS_10,
+        || {
+            let p = p.clone();
+            async move {
+                send(&p, "t", None, r#"{"n":3}"#, &[]).await;
+                open(addr, &path("t", "value.n == 2", ""), None)
+                    .await
+                    .status
+                    == 200
+            }
+        },
+    )
+    .await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filtered_cursors_resume_exactly_on_another_node() {
     let a = node().await;
     a.create_topic("cuts", 4).await.expect("topic");

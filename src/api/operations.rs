@@ -18,6 +18,7 @@ use serde_json::json;
 use super::{json, respond, Health, HttpBody};
 use crate::auth::Auth;
 use crate::error::ApiError;
+use crate::filters::Filters;
 use crate::formats::Decoder;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -49,6 +50,7 @@ pub struct Operations {
     pub bootstrap: String,
     pub embedded: bool,
     pub decoder: Arc<Decoder>,
+    pub filters: Arc<Filters>,
 }
 
 impl Operations {
@@ -118,6 +120,7 @@ impl Operations {
             },
             "schema_registry": self.decoder.registry_stats(),
             "held_partitions": self.decoder.holds.to_json(),
+            "filters": {"in_use": self.filters.in_use(), "limit": self.filters.max_distinct()},
             "ready": self.health.is_ready(),
         })
     }

@@ -38,6 +38,10 @@ pub struct FilterLimits {
     pub max_depth: usize,
     /// Comprehension macros (`all`, `exists`, `exists_one`, `map`, `filter`) in one expression.
     pub max_comprehensions: usize,
+    /// Distinct expressions and projections a node keeps in use: each costs
+    /// an evaluation per record, so this bounds what clients can make the
+    /// ingest thread do.
+    pub max_distinct: usize,
 }
 
 impl Default for FilterLimits {
@@ -46,6 +50,7 @@ impl Default for FilterLimits {
             max_bytes: 2048,
             max_depth: 32,
             max_comprehensions: 2,
+            max_distinct: 10_000,
         }
     }
 }
@@ -172,9 +177,38 @@ impl Filters {
         Ok(projection)
     }
 
-    /// Distinct expressions in use.
-    pub fn expressions(&self) -> usize {
-        self.exprs.iter().filter(|w| w.strong_count() > 0).count()
+    /// Distinct expressions and projections in use.
+    pub fn in_use(&self) -> usize {
+        let exprs = self.exprs.iter().filter(|w| w.strong_count() > 0).count();
+        exprs
+            + self
+                .projections
+                .iter()
+                .filter(|w| w.strong_count() > 0)
+                .count()
+    }
+
+    fn known(&self, text: &str, projection: bool) -> bool {
+        if projection {
+            Projection::parse(text).is_ok_and(|p| {
+                self.projections
+                    .get(p.canonical())
+                    .is_some_and(|w| w.strong_count() > 0)
+            })
+        } else {
+            self.exprs.get(text).is_some_and(|w| w.strong_count() > 0)
+        }
+    }
+
+    /// Whether a stream may use these (expression text, or with `true` a
+    /// field list): those not in use yet must fit in what the node has left.
+    pub fn admits(&self, items: &[(&str, bool)]) -> bool {
+        let new = items.iter().filter(|(t, p)| !self.known(t, *p)).count();
+        new == 0 || self.in_use().saturating_add(new) <= self.limits.max_distinct
+    }
+
+    pub fn max_distinct(&self) -> usize {
+        self.limits.max_distinct
     }
 }
 
@@ -289,6 +323,35 @@ mod tests {
         drop((a, b));
         let again = f.expr("value.n > 1").unwrap_or_else(|e| panic!("{e}"));
         assert_ne!(again.id, c.id);
+    }
+
+    #[test]
+    fn a_node_keeps_a_bounded_number_of_distinct_filters() {
+        let f = Filters::new(
+            FilterLimits {
+                max_distinct: 2,
+                ..FilterLimits::default()
+            },
+            &Metrics::new(),
+        );
+        let a = f.expr("value.n > 1").unwrap_or_else(|e| panic!("{e}"));
+        let p = f.projection("x,y").unwrap_or_else(|e| panic!("{e}"));
+        assert!(!f.admits(&[("value.n > 2", false)]), "full");
+        assert!(!f.admits(&[("z", true)]), "full");
+        assert!(
+            f.admits(&[("value.n > 1", false), ("y, x", true)]),
+            "those in use are admitted"
+        );
+        drop(a);
+        assert!(
+            f.admits(&[("value.n > 2", false)]),
+            "room again once unused"
+        );
+        assert!(
+            !f.admits(&[("value.n > 2", false), ("z", true)]),
+            "two new, room for one"
+        );
+        drop(p);
     }
 
     #[test]

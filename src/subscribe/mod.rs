@@ -45,6 +45,8 @@ pub enum OpenError {
     BadRequest(#[from] BadRequest),
     #[error("topic `{0}` does not exist")]
     UnknownTopic(String),
+    #[error("this node evaluates {0} distinct filters and projections already (its limit): use one that other streams use, or try again later")]
+    FiltersFull(usize),
     #[error("Last-Event-ID: {0}")]
     BadCursor(#[from] CursorError),
     #[error("since= needs Kafka's offsets-for-times, which the embedded Kafka (librdkafka's mock cluster) does not implement; use a real broker (--brokers) or from=earliest")]
@@ -176,6 +178,16 @@ impl Subscriptions {
     /// The request's filters (its own `where=`, its token's claims) and
     /// projection, compiled (once per distinct text on the node).
     fn view(&self, request: &SubscribeRequest) -> Result<View, OpenError> {
+        let items: Vec<(&str, bool)> = request
+            .filter
+            .iter()
+            .chain(request.claims.iter().map(|(_, t)| t))
+            .map(|t| (t.as_str(), false))
+            .chain(request.fields.iter().map(|f| (f.as_str(), true)))
+            .collect();
+        if !self.filters.admits(&items) {
+            return Err(OpenError::FiltersFull(self.filters.max_distinct()));
+        }
         let mut checks = Vec::new();
         if let Some(text) = &request.filter {
             let expr = self.filters.expr(text).map_err(|e| BadRequest(e.0))?;
