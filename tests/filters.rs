@@ -248,8 +248,9 @@ async fn bad_and_hostile_expressions_are_refused_and_the_node_stays_responsive()
         } else {
             format!("fields={fields}")
         };
-        let (status, body) =
-            request(node.local_addr(), "GET", &path("t", filter, &extra), b"").await;
+        // open, not request: a stream wrongly admitted fails the test instead of hanging it.
+        let refused = open(node.local_addr(), &path("t", filter, &extra), None).await;
+        let (status, body) = (refused.status, refused.body.clone());
         assert_eq!(status, 400, "{}: {body}", &filter[..filter.len().min(40)]);
         let v: Value = serde_json::from_str(&body).expect("a JSON error");
         let message = v["error"]["message"].as_str().unwrap_or_default();
@@ -284,14 +285,9 @@ async fn a_node_refuses_more_distinct_filters_than_its_limit_and_shares_the_ones
     node.create_topic("t", 1).await.expect("topic");
     let mut a = open(node.local_addr(), &path("t", "value.n == 1", ""), None).await;
     // A filter and a projection, both new: two more than the one left.
-    let (status, _) = request(
-        node.local_addr(),
-        "GET",
-        &path("t", "true", "fields=n"),
-        b"",
-    )
-    .await;
-    assert_eq!(status, 429, "both must fit");
+    // (open, not request: a stream wrongly admitted must fail the test, not hang it)
+    let refused = open(node.local_addr(), &path("t", "true", "fields=n"), None).await;
+    assert_eq!(refused.status, 429, "both must fit");
     let b = open(
         node.local_addr(),
         &path("t", "value.n == 1", "fields=n"),
@@ -300,13 +296,8 @@ async fn a_node_refuses_more_distinct_filters_than_its_limit_and_shares_the_ones
     .await;
     assert_eq!((a.status, b.status), (200, 200));
     // A third distinct one: 429, JSON, naming the limit.
-    let (status, body) = request(
-        node.local_addr(),
-        "GET",
-        &path("t", "value.n == 2", ""),
-        b"",
-    )
-    .await;
+    let refused = open(node.local_addr(), &path("t", "value.n == 2", ""), None).await;
+    let (status, body) = (refused.status, refused.body.clone());
     assert_eq!(status, 429, "{body}");
     let v: Value = serde_json::from_str(&body).expect("a JSON error");
     assert_eq!(v["error"]["code"], "too_many_filters", "{v}");
@@ -412,17 +403,17 @@ async fn filtered_cursors_resume_exactly_on_another_node() {
         );
     }
     // The cursor belongs to its filter: another filter refuses it.
-    let (status, body) = request(
+    let refused = open(
         b.local_addr(),
-        "GET",
         &format!(
             "{}&lastEventId={}",
             path("cuts", "value.n % 3 == 1", ""),
             cursor.unwrap_or_default()
         ),
-        b"",
+        None,
     )
     .await;
+    let (status, body) = (refused.status, refused.body.clone());
     assert_eq!(status, 400, "{body}");
     b.shutdown().await;
     a.shutdown().await;
@@ -582,13 +573,13 @@ async fn a_tokens_where_claim_keeps_tenants_apart_live_replayed_and_resumed() {
 
     // A's cursor with B's token: another subscription (the claim is in the fingerprint).
     let cursor_a = replay_a.last_id.clone().expect("cursor");
-    let (status, body) = request(
+    let refused = open(
         node.local_addr(),
-        "GET",
         &format!("/v1/events?topic=orders&access_token={tb}&lastEventId={cursor_a}"),
-        b"",
+        None,
     )
     .await;
+    let (status, body) = (refused.status, refused.body.clone());
     assert_eq!(
         status, 400,
         "a cursor from another tenant's stream is refused: {body}"
