@@ -205,9 +205,23 @@ impl SchemaCache {
             .with_label_values(&[label])
             .inc();
         self.slots.insert(id, slot);
+        self.forget_expired(now);
         self.evict();
         *self.settled.lock() += 1;
         self.settled_signal.notify_all();
+    }
+
+    /// Drops answers past their time once there are more of them than the
+    /// cache holds schemas: records with ever new unknown ids must not grow
+    /// the map without end.
+    fn forget_expired(&self, now: Instant) {
+        if self.slots.len() <= self.capacity {
+            return;
+        }
+        self.slots.retain(|_, slot| match slot {
+            Slot::Missing { until, .. } => *until > now,
+            _ => true,
+        });
     }
 
     fn evict(&self) {
