@@ -333,7 +333,13 @@ impl IngestLoop {
 
     fn on_error(&mut self, e: KafkaError, batch: &mut FanoutBatch) {
         self.metrics.kafka_errors.inc();
-        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange) {
+        // With `auto.offset.reset=error`, librdkafka reports a position
+        // retention overtook as AutoOffsetReset (older versions as
+        // OffsetOutOfRange).
+        if matches!(
+            e.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset)
+        ) {
             self.recover_out_of_range(batch);
         } else {
             tracing::warn!(error = %e, "kafka consumer error");
@@ -350,6 +356,8 @@ impl IngestLoop {
             .values()
             .flat_map(|p| p.values().cloned())
             .collect();
+        let mut in_range = Vec::new();
+        let mut jumped = false;
         for log in logs {
             let Ok((low, high)) =
                 self.consumer
@@ -359,19 +367,36 @@ impl IngestLoop {
             };
             let live = log.live();
             if live >= low && live <= high {
+                in_range.push(log);
                 continue;
             }
+            jumped = true;
             tracing::warn!(topic = %log.topic, partition = log.partition, live, low, high, "position out of range: gap");
             self.forget_held(&log.topic, log.partition);
             self.registry.jump(&log, low, &mut batch.wakers);
-            let mut tpl = TopicPartitionList::new();
-            let _ = tpl.add_partition(&log.topic, log.partition);
-            let _ = self.consumer.incremental_unassign(&tpl);
-            if let Some(p) = self.assigned.get_mut(&*log.topic) {
-                p.remove(&log.partition);
-            }
-            self.failed.push(log);
+            self.reassign(log);
         }
+        if !jumped {
+            // The fetcher failed ahead of what was delivered (its prefetch
+            // position went out of range, not the live one), and stopped:
+            // fetch every partition again from its live position, which a
+            // second failure then finds below the log start.
+            for log in in_range {
+                self.reassign(log);
+            }
+        }
+    }
+
+    /// Unassigns `log`'s partition; the next commands assign it again at
+    /// its live position.
+    fn reassign(&mut self, log: Arc<PartitionLog>) {
+        let mut tpl = TopicPartitionList::new();
+        let _ = tpl.add_partition(&log.topic, log.partition);
+        let _ = self.consumer.incremental_unassign(&tpl);
+        if let Some(p) = self.assigned.get_mut(&*log.topic) {
+            p.remove(&log.partition);
+        }
+        self.failed.push(log);
     }
 
     fn apply_commands(&mut self) {
