@@ -32,7 +32,9 @@ use crate::ingest::MAX_BATCH_BYTES;
 use crate::metrics::Metrics;
 use crate::queue::{Pushed, Wakers};
 use crate::record::Record;
-use crate::registry::{Join, Registry, SlotStart, Subscriber, EVENT_OVERHEAD};
+use crate::registry::{
+    BuildStep, Join, PartitionLog, Registry, SlotStart, Subscriber, EVENT_OVERHEAD,
+};
 use crate::sse::Encoded;
 
 const POLL_TIMEOUT: Duration = Duration::from_millis(50);
@@ -94,8 +96,16 @@ type PartitionKey = (Arc<str>, i32);
 #[derive(Default)]
 struct Board {
     pending: HashMap<PartitionKey, Vec<Job>>,
+    /// Table partitions to read from their log start, not before a time.
+    builds: HashMap<PartitionKey, (Arc<PartitionLog>, Instant)>,
     /// Partitions a reader is reading now.
     busy: HashSet<PartitionKey>,
+}
+
+/// What a reader takes from the board.
+enum Work {
+    Replay(PartitionKey, Vec<Job>),
+    Build(PartitionKey, Arc<PartitionLog>),
 }
 
 struct Shared {
@@ -129,6 +139,8 @@ impl Catchup {
         let mut threads = Vec::new();
         for n in 0..readers.max(1) {
             let mut config = consumer_config.clone();
+            // A table build learns that it has read everything there is.
+            config.set("enable.partition.eof", "true");
             if let Some(group) = config.get("group.id").map(|g| format!("{g}-{n}")) {
                 config.set("group.id", group);
             }
@@ -168,6 +180,17 @@ impl Catchup {
         self.shared.wake.notify_one();
     }
 
+    /// Queues a table partition to be read from its log start.
+    pub fn build(&self, log: Arc<PartitionLog>) {
+        let key = (log.topic.clone(), log.partition);
+        self.shared
+            .board
+            .lock()
+            .builds
+            .insert(key, (log, Instant::now()));
+        self.shared.wake.notify_one();
+    }
+
     /// Waits for the readers, once their token is cancelled (blocking: each
     /// consumer's drop waits for librdkafka).
     pub fn join(&self) {
@@ -190,7 +213,28 @@ struct Reader {
 
 impl Reader {
     fn run(mut self) {
-        while let Some((key, mut jobs)) = self.next_partition() {
+        while let Some(work) = self.next_partition() {
+            let (key, mut jobs) = match work {
+                Work::Replay(key, jobs) => (key, jobs),
+                Work::Build(key, log) => {
+                    self.metrics.catchup_readers.inc();
+                    let result = self.build_table(&key, &log);
+                    self.metrics.catchup_readers.dec();
+                    let mut board = self.shared.board.lock();
+                    if let Err(e) = result {
+                        self.metrics.kafka_errors.inc();
+                        tracing::warn!(topic = %key.0, partition = key.1, error = %e, "table build failed; will retry");
+                        board
+                            .builds
+                            .entry(key.clone())
+                            .or_insert((log, Instant::now() + RETRY_FAILED));
+                    }
+                    board.busy.remove(&key);
+                    drop(board);
+                    self.shared.wake.notify_all();
+                    continue;
+                }
+            };
             self.metrics.catchup_readers.inc();
             let result = self.replay(&key, &mut jobs);
             self.metrics.catchup_readers.dec();
@@ -222,14 +266,28 @@ impl Reader {
 
     /// Waits for a partition that no other reader holds and that has a job
     /// ready to read for; takes its ready jobs. `None` once stopped.
-    fn next_partition(&self) -> Option<(PartitionKey, Vec<Job>)> {
+    fn next_partition(&self) -> Option<Work> {
         let mut board = self.shared.board.lock();
         loop {
             if self.shared.stop.is_cancelled() {
                 return None;
             }
             let now = Instant::now();
-            let Board { pending, busy } = &mut *board;
+            let Board {
+                pending,
+                builds,
+                busy,
+            } = &mut *board;
+            let build = builds
+                .iter()
+                .find(|(k, (_, at))| !busy.contains(*k) && *at <= now)
+                .map(|(k, _)| k.clone());
+            if let Some(key) = build {
+                if let Some((log, _)) = builds.remove(&key) {
+                    busy.insert(key.clone());
+                    return Some(Work::Build(key, log));
+                }
+            }
             pending.retain(|_, jobs| {
                 jobs.retain(|j| !j.sub.is_closed());
                 !jobs.is_empty()
@@ -246,7 +304,7 @@ impl Reader {
                     pending.insert(key.clone(), parked);
                 }
                 busy.insert(key.clone());
-                return Some((key, ready));
+                return Some(Work::Replay(key, ready));
             }
             self.shared.wake.wait_for(&mut board, BOARD_CHECK);
         }
@@ -284,58 +342,37 @@ impl Reader {
         // at or after it rides along instead of waiting for another pass.
         let mut next = from;
         let mut deferred = Vec::new();
-        let result = 'pass: loop {
+        let result = loop {
             if jobs.is_empty() || shared.stop.is_cancelled() {
                 break Ok(());
             }
-            let mut timeout = POLL_TIMEOUT;
-            let mut bytes = 0;
-            for _ in 0..MAX_BATCH {
-                if bytes > MAX_BATCH_BYTES {
-                    break;
-                }
-                let Some(polled) = consumer.poll(timeout) else {
-                    break;
-                };
-                timeout = Duration::ZERO;
-                match polled {
-                    Ok(m) => {
-                        bytes += m.payload_len();
-                        let record = Record::from_message(topic.clone(), &m);
-                        // A replay has one partition to serve: it waits for
-                        // a schema the registry cannot give yet, in order.
-                        let Some(decoded) = decoder.decode_waiting(&record, &shared.stop) else {
-                            break 'pass Ok(());
-                        };
-                        let record = Encoded::decoded(record, &event_header, decoded);
-                        next = record.record.offset.saturating_add(1);
-                        deliver(&metrics, jobs, &mut deferred, &record, &mut wakers);
-                    }
-                    Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)) => {
-                        // Retention overtook us mid-replay: say so, jump to the log start.
-                        let low =
-                            match consumer.fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT) {
-                                Ok((low, _)) => low,
-                                Err(e) => break 'pass Err(e),
-                            };
-                        for job in jobs.iter() {
-                            let p = job.sub.position(job.slot);
-                            if p < low {
-                                registry.gap(&job.sub, job.slot, p, low, &mut wakers);
-                            }
+            let polled = poll_batch(
+                consumer,
+                &topic,
+                partition,
+                &decoder,
+                &event_header,
+                &shared.stop,
+                &mut |record| {
+                    next = record.record.offset.saturating_add(1);
+                    deliver(&metrics, jobs, &mut deferred, &record, &mut wakers);
+                    true
+                },
+            );
+            match polled {
+                Ok(Batch::Read | Batch::End(_)) => {}
+                Ok(Batch::Stopped) => break Ok(()),
+                Ok(Batch::Restarted(low)) => {
+                    // Retention overtook us mid-replay: say so, go on from the log start.
+                    for job in jobs.iter() {
+                        let p = job.sub.position(job.slot);
+                        if p < low {
+                            registry.gap(&job.sub, job.slot, p, low, &mut wakers);
                         }
-                        unassign(consumer, &topic, partition);
-                        if let Err(e) = assign(consumer, &topic, partition, low) {
-                            break 'pass Err(e);
-                        }
-                        next = low;
-                        break;
                     }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "catch-up poll error");
-                        break;
-                    }
+                    next = low;
                 }
+                Err(e) => break Err(e),
             }
             wakers.wake_all();
             adopt(&shared, key, next, jobs);
@@ -345,6 +382,66 @@ impl Reader {
         wakers.wake_all();
         // Clients that were not keeping up get another pass.
         jobs.extend(deferred);
+        result
+    }
+
+    /// Reads a table partition from its log start up to the table's target
+    /// (the live position when it began), then merges it in under the
+    /// partition's lock (see `registry::table`).
+    fn build_table(
+        &mut self,
+        key: &PartitionKey,
+        log: &Arc<PartitionLog>,
+    ) -> Result<(), KafkaError> {
+        let (registry, shared, decoder) = (
+            self.registry.clone(),
+            self.shared.clone(),
+            self.decoder.clone(),
+        );
+        let event_header = self.event_header.clone();
+        let (topic, partition) = (key.0.clone(), key.1);
+        let consumer = self.consumer()?;
+        let (low, _) = consumer.fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT)?;
+        let mut build = registry.table_build(log.clone(), low);
+        if registry.table_step(&mut build) == BuildStep::Done {
+            return Ok(());
+        }
+        assign(consumer, &topic, partition, low)?;
+        let result = loop {
+            if shared.stop.is_cancelled() {
+                break Ok(());
+            }
+            let polled = poll_batch(
+                consumer,
+                &topic,
+                partition,
+                &decoder,
+                &event_header,
+                &shared.stop,
+                &mut |record| {
+                    // False once the table does not fit: the step below says so.
+                    registry.table_add(&mut build, &Arc::new(record))
+                },
+            );
+            match polled {
+                Ok(Batch::Read) => {}
+                Ok(Batch::Stopped) => break Ok(()),
+                // Everything there is has been read: offsets up to here that
+                // gave no record (transaction markers, compacted away) hold
+                // nothing for the table.
+                Ok(Batch::End(Some(at))) => build.next = build.next.max(at),
+                Ok(Batch::End(None)) => {}
+                Ok(Batch::Restarted(low)) => registry.table_restart(&mut build, low),
+                Err(e) => break Err(e),
+            }
+            if registry.table_step(&mut build) == BuildStep::Done {
+                break Ok(());
+            }
+        };
+        unassign(consumer, &topic, partition);
+        if result.is_err() {
+            registry.table_restart(&mut build, low);
+        }
         result
     }
 
@@ -369,6 +466,78 @@ impl Reader {
         }
         Ok(from)
     }
+}
+
+/// How one poll batch ended.
+enum Batch {
+    /// Records were read (or none came within the poll timeout).
+    Read,
+    /// The node is stopping.
+    Stopped,
+    /// The end of the partition, and the consumer's position there.
+    End(Option<i64>),
+    /// Retention overtook the read: it goes on from this log start.
+    Restarted(i64),
+}
+
+/// Polls one batch of the partition `consumer` reads (at most [`MAX_BATCH`]
+/// records and about the ingest batch's bytes), decoding each record
+/// (waiting, in order, for a schema the registry cannot give yet) and
+/// handing it to `each`, which returns false to end the batch early.
+fn poll_batch(
+    consumer: &BaseConsumer,
+    topic: &Arc<str>,
+    partition: i32,
+    decoder: &Decoder,
+    event_header: &str,
+    stop: &CancellationToken,
+    each: &mut dyn FnMut(Encoded) -> bool,
+) -> Result<Batch, KafkaError> {
+    let mut timeout = POLL_TIMEOUT;
+    let mut bytes = 0;
+    for _ in 0..MAX_BATCH {
+        if bytes > MAX_BATCH_BYTES {
+            break;
+        }
+        let Some(polled) = consumer.poll(timeout) else {
+            break;
+        };
+        timeout = Duration::ZERO;
+        match polled {
+            Ok(m) => {
+                bytes += m.payload_len();
+                let record = Record::from_message(topic.clone(), &m);
+                let Some(decoded) = decoder.decode_waiting(&record, stop) else {
+                    return Ok(Batch::Stopped);
+                };
+                if !each(Encoded::decoded(record, event_header, decoded)) {
+                    break;
+                }
+            }
+            Err(KafkaError::PartitionEOF(_)) => {
+                let at = consumer.position().ok().and_then(|tpl| {
+                    match tpl.find_partition(topic, partition).map(|p| p.offset()) {
+                        Some(Offset::Offset(o)) => Some(o),
+                        _ => None,
+                    }
+                });
+                return Ok(Batch::End(at));
+            }
+            Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset,
+            )) => {
+                let (low, _) = consumer.fetch_watermarks(topic, partition, WATERMARK_TIMEOUT)?;
+                unassign(consumer, topic, partition);
+                assign(consumer, topic, partition, low)?;
+                return Ok(Batch::Restarted(low));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "catch-up poll error");
+                break;
+            }
+        }
+    }
+    Ok(Batch::Read)
 }
 
 /// Moves the jobs waiting on `key` whose position is at or after `next`

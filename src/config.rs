@@ -278,6 +278,17 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_FILTERS", default_value_t = 10_000)]
     pub max_filters: usize,
 
+    /// Table topics, `PATTERN,…` (patterns as in grants): topics whose
+    /// records mean "latest value per key" (usually compacted). Streams on
+    /// them can start with a snapshot, conflate, and re-sync.
+    #[arg(long, env = "HERALD_TABLE_TOPICS", value_delimiter = ',')]
+    pub table_topics: Vec<String>,
+
+    /// Bytes this node's tables may hold together; a table that does not
+    /// fit fails (and says so to the streams that want it).
+    #[arg(long, env = "HERALD_TABLE_MAX_BYTES", default_value_t = 256 << 20)]
+    pub table_max_bytes: usize,
+
     /// Compiled schemas a node keeps (by id); the least recently used
     /// beyond it are dropped, never one in use.
     #[arg(long, env = "HERALD_SCHEMA_CACHE_SIZE", default_value_t = 10_000)]

@@ -35,6 +35,13 @@ pub struct Metrics {
     pub undecodable_records: IntCounter,
     pub held_partitions: IntGauge,
     pub filter_errors: IntCounter,
+    pub tables_building: IntGauge,
+    pub table_failures: IntCounter,
+    pub table_keys: IntGaugeVec,
+    pub table_bytes: IntGaugeVec,
+    pub snapshots: IntCounter,
+    pub resyncs: IntCounter,
+    pub conflated: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -200,6 +207,43 @@ impl Metrics {
                 &registry,
                 "herald_filter_errors_total",
                 "where= evaluations that failed on a record (missing field, wrong type): counted as no match",
+            ),
+            tables_building: gauge(
+                &registry,
+                "herald_tables_building",
+                "Table partitions being read from their log start",
+            ),
+            table_failures: counter(
+                &registry,
+                "herald_table_failures_total",
+                "Tables dropped because they did not fit --table-max-bytes",
+            ),
+            table_keys: gauge_vec(
+                &registry,
+                "herald_table_keys",
+                "Keys held in this node's tables, per topic",
+                &["topic"],
+            ),
+            table_bytes: gauge_vec(
+                &registry,
+                "herald_table_bytes",
+                "Bytes held in this node's tables, per topic",
+                &["topic"],
+            ),
+            snapshots: counter(
+                &registry,
+                "herald_snapshots_total",
+                "Snapshots delivered (snapshot=true, and re-syncs)",
+            ),
+            resyncs: counter(
+                &registry,
+                "herald_resyncs_total",
+                "Table streams whose cursor was below the log start: re-synced with a snapshot",
+            ),
+            conflated: counter(
+                &registry,
+                "herald_conflated_records_total",
+                "Queued records replaced by a newer one of their key (conflate=true, max-rate=)",
             ),
             registry,
         }

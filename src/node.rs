@@ -42,7 +42,7 @@ use crate::ingest::Ingest;
 use crate::kafka::{self, Kafka};
 use crate::metrics::Metrics;
 use crate::queue::End;
-use crate::registry::{Registry, ReplayBufferLimits};
+use crate::registry::{Registry, ReplayBufferLimits, Tables};
 use crate::subscribe::{SelectorLimits, Subscriptions};
 use crate::{sse, sweeps};
 
@@ -116,6 +116,7 @@ impl Node {
             },
             config.queue_bytes,
             metrics.clone(),
+            Tables::new(&config.table_topics, config.table_max_bytes),
         ));
         let decoder = Arc::new(Decoder::new(
             &config.formats(),
@@ -320,6 +321,13 @@ impl Readers {
             config.event_header.clone(),
             stop.clone(),
         )?);
+        // Tables are read from their log start by the catch-up readers.
+        let readers = Arc::downgrade(&catchup);
+        registry.tables().set_builder(Box::new(move |log| {
+            if let Some(c) = readers.upgrade() {
+                c.build(log);
+            }
+        }));
         Ok(Readers {
             kafka,
             ingest,

@@ -13,6 +13,10 @@
 //! timeout is a stalled client, and [`ConnectionQueue::kill`] ends it at
 //! once, whatever the socket is doing.
 
+mod conflate;
+
+pub use conflate::{Conflator, CursorSource};
+
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -52,6 +56,51 @@ struct Inner {
     taken_at: Option<Instant>,
     /// The writer must stop now, mid-write if need be: the client stalled.
     killed: bool,
+    /// A conflating stream's pending records (see [`conflate`]).
+    conflator: Option<Box<Conflator>>,
+}
+
+impl Inner {
+    /// Bytes held: frames and pending records.
+    fn held(&self) -> usize {
+        self.bytes + self.conflator.as_ref().map_or(0, |c| c.bytes())
+    }
+
+    /// Turns every pending record into frames (before a frame that must
+    /// follow them, or the stream's end).
+    fn flush_pending(&mut self) {
+        self.render_pending(usize::MAX);
+    }
+
+    /// Turns up to `max` pending records into one frame.
+    fn render_pending(&mut self, max: usize) {
+        let Some(c) = self.conflator.as_mut() else {
+            return;
+        };
+        if c.is_empty() || max == 0 {
+            return;
+        }
+        let mut out = BytesMut::new();
+        let (_, oldest) = c.render(max, &mut out);
+        self.bytes += out.len();
+        self.chunks.push(out.freeze());
+        if self.oldest.is_none() {
+            self.oldest = oldest;
+        }
+    }
+
+    fn overflow(&mut self, wakers: &mut Wakers) -> Pushed {
+        self.chunks = Vec::new();
+        self.bytes = 0;
+        if let Some(c) = self.conflator.as_mut() {
+            c.clear();
+        }
+        self.end = Some(End::Slow);
+        if let Some(w) = self.waker.take() {
+            wakers.0.push(w);
+        }
+        Pushed::Overflowed
+    }
 }
 
 /// Frames taken from the queue for one socket write.
@@ -99,7 +148,45 @@ impl Locked<'_> {
     /// Whether `more` bytes would take the queue past half its bound: a
     /// producer that can wait (a catch-up reader) should let it drain first.
     pub fn is_filling(&self, more: usize) -> bool {
-        self.guard.bytes + more > self.limit / 2
+        self.guard.held() + more > self.limit / 2
+    }
+
+    /// Bytes held: frames and pending records.
+    pub fn held(&self) -> usize {
+        self.guard.held()
+    }
+
+    /// Records this conflating queue has merged away so far.
+    pub fn merged(&self) -> u64 {
+        self.guard.conflator.as_ref().map_or(0, |c| c.merged)
+    }
+
+    /// Queues a conflating stream's record: a pending record of the same key
+    /// and slot is replaced (see [`conflate`]).
+    pub fn conflate(
+        &mut self,
+        slot: usize,
+        key: Option<&Bytes>,
+        offset: i64,
+        body: Bytes,
+        record_ms: Option<i64>,
+        wakers: &mut Wakers,
+    ) -> Pushed {
+        let inner = &mut *self.guard;
+        if inner.end.is_some() {
+            return Pushed::Ended;
+        }
+        let Some(c) = inner.conflator.as_mut() else {
+            return Pushed::Ended;
+        };
+        c.add(slot, key, offset, body, record_ms);
+        if inner.held() > self.limit {
+            return inner.overflow(wakers);
+        }
+        if let Some(w) = inner.waker.take() {
+            wakers.0.push(w);
+        }
+        Pushed::Queued
     }
 
     /// Queues one frame made of `parts`.
@@ -113,15 +200,10 @@ impl Locked<'_> {
         if inner.end.is_some() {
             return Pushed::Ended;
         }
+        inner.flush_pending();
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if inner.bytes + len > self.limit {
-            inner.chunks = Vec::new();
-            inner.bytes = 0;
-            inner.end = Some(End::Slow);
-            if let Some(w) = inner.waker.take() {
-                wakers.0.push(w);
-            }
-            return Pushed::Overflowed;
+            return inner.overflow(wakers);
         }
         inner.chunks.extend(parts.iter().map(|p| (*p).clone()));
         inner.bytes += len;
@@ -141,6 +223,25 @@ impl ConnectionQueue {
             inner: Mutex::new(Inner::default()),
             limit,
         }
+    }
+
+    /// Makes this a conflating stream's queue.
+    pub fn conflate_with(&self, source: Box<dyn CursorSource>, rate: Option<u32>) {
+        self.inner.lock().conflator = Some(Box::new(Conflator::new(source, rate)));
+    }
+
+    /// Records a conflating queue merged away (0 for any other).
+    pub fn merged(&self) -> u64 {
+        self.inner.lock().conflator.as_ref().map_or(0, |c| c.merged)
+    }
+
+    /// When a rate-limited writer may take its next record, if it must wait.
+    pub fn throttled_until(&self) -> Option<Instant> {
+        self.inner
+            .lock()
+            .conflator
+            .as_ref()
+            .and_then(|c| c.throttled_until())
     }
 
     pub fn lock(&self) -> Locked<'_> {
@@ -167,6 +268,11 @@ impl ConnectionQueue {
                 // the client resumes from its last id with a fresh token.
                 inner.chunks.clear();
                 inner.bytes = 0;
+                if let Some(c) = inner.conflator.as_mut() {
+                    c.clear();
+                }
+            } else {
+                inner.flush_pending();
             }
             if let Some(last) = last {
                 inner.bytes += last.len();
@@ -187,11 +293,11 @@ impl ConnectionQueue {
     /// Whether a paced replay may fill this queue again: its writer has
     /// drained it to a quarter of the bound.
     pub fn has_room_for_replay(&self) -> bool {
-        self.inner.lock().bytes <= self.limit / 4
+        self.inner.lock().held() <= self.limit / 4
     }
 
     pub fn queued_bytes(&self) -> usize {
-        self.inner.lock().bytes
+        self.inner.lock().held()
     }
 
     /// Whether the writer has been holding frames it took for longer than
@@ -214,6 +320,9 @@ impl ConnectionQueue {
             inner.killed = true;
             inner.chunks = Vec::new();
             inner.bytes = 0;
+            if let Some(c) = inner.conflator.as_mut() {
+                c.clear();
+            }
             inner.end.get_or_insert(End::Stalled);
             inner.waker.take()
         };
@@ -246,6 +355,11 @@ impl ConnectionQueue {
         if inner.killed {
             return Poll::Ready(None);
         }
+        let budget = inner
+            .conflator
+            .as_mut()
+            .map_or(0, |c| c.budget(Instant::now()));
+        inner.render_pending(budget);
         if !inner.chunks.is_empty() {
             let bytes = if inner.chunks.len() == 1 {
                 inner.chunks.pop().unwrap_or_default()

@@ -660,11 +660,6 @@ async fn a_filtered_keyed_subscription_on_tansu() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_built_in_page_filters_and_projects_in_chromium() {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").exists() && std::path::Path::new("/usr/bin/chromium").exists(),
-        "playwright-core and chromium are missing: run `make test` (or `bash scripts/install-deps.sh test`)"
-    );
     let node = node().await;
     node.create_topic("shop", 1).await.expect("topic");
     let p = producer(node.bootstrap_servers());
@@ -686,23 +681,7 @@ async fn the_built_in_page_filters_and_projects_in_chromium() {
         node.local_addr(),
         form_urlencoded::byte_serialize(filter.as_bytes()).collect::<String>()
     );
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new("node")
-            .args(["filtered.mjs", &url, "999"])
-            .current_dir(&dir)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the browser finishes within a minute")
-    .expect("node starts");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = browser_script("filtered.mjs", &[&url, "999"]).await;
     let got: Value = serde_json::from_str(stdout.trim()).expect("json");
     assert_eq!(got["where"], filter, "the box shows the filter");
     assert_eq!(got["fields"], "total");

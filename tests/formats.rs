@@ -772,11 +772,6 @@ async fn the_registry_is_asked_with_the_configured_credentials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_built_in_page_shows_decoded_records_with_their_schema_in_chromium() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").exists() && std::path::Path::new("/usr/bin/chromium").exists(),
-        "playwright-core and chromium are missing: run `make test` (or `bash scripts/install-deps.sh test`)"
-    );
     let registry = SchemaRegistry::start(&[]).await;
     let mut c = registry_config(&registry.url());
     c.value_format = vec!["page=avro".into()];
@@ -795,23 +790,11 @@ async fn the_built_in_page_shows_decoded_records_with_their_schema_in_chromium()
     let base = format!("http://{}", node.local_addr());
     let id = produced[1].schema_id.expect("an id").to_string();
     let expected = produced[1].expected.to_string();
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new("node")
-            .args(["decoded.mjs", &base, "page", &expected, &id, "page-value"])
-            .current_dir(&dir)
-            .kill_on_drop(true)
-            .output(),
+    browser_script(
+        "decoded.mjs",
+        &[&base, "page", &expected, &id, "page-value"],
     )
-    .await
-    .expect("the browser finishes within a minute")
-    .expect("node starts");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    .await;
     node.shutdown().await;
 }
 

@@ -92,6 +92,9 @@ enum Cmd {
     /// What decoding Avro, Protobuf and JSON Schema records costs per
     /// record on one core, against the plain path (no server).
     Decode(DecodeArgs),
+    /// Table topics: a table built from Kafka (time, memory per key), many
+    /// snapshots at once, and conflation for slow clients on a hot topic.
+    Tables(TablesArgs),
     /// Internal: one client process, driven over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -269,6 +272,41 @@ struct FiltersArgs {
 }
 
 #[derive(Args, Clone)]
+struct TablesArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Keys of the table that is built and measured for memory.
+    #[arg(long, default_value_t = 100_000)]
+    keys: usize,
+    /// Record value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Streams that take a whole-topic snapshot at once.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Keys of the topic they snapshot.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_keys: usize,
+    /// Records a second on the hot topic.
+    #[arg(long, default_value_t = 10_000)]
+    hot_rate: usize,
+    /// Keys of the hot topic.
+    #[arg(long, default_value_t = 1000)]
+    hot_keys: usize,
+    /// Seconds the hot topic runs.
+    #[arg(long, default_value_t = 20.0)]
+    hot_seconds: f64,
+    /// Slow readers of the hot topic (half conflating).
+    #[arg(long, default_value_t = 100)]
+    slow: usize,
+    /// What each slow reader drains a second.
+    #[arg(long, default_value_t = 20_000)]
+    slow_bytes_per_second: usize,
+}
+
+#[derive(Args, Clone)]
 struct DecodeArgs {
     #[command(flatten)]
     run: RunArgs,
@@ -389,6 +427,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Broadcast(a) => exit_on(scenarios::broadcast(a).await),
             Cmd::Decode(a) => exit_on(scenarios::decode(a).await),
             Cmd::Filters(a) => exit_on(scenarios::filters(a).await),
+            Cmd::Tables(a) => exit_on(scenarios::tables(a).await),
             Cmd::Keyed(a) => exit_on(scenarios::keyed(a, false).await),
             Cmd::Light(a) => exit_on(scenarios::keyed(a, true).await),
             Cmd::Latency(a) => exit_on(scenarios::latency(a).await),

@@ -95,6 +95,7 @@ impl Events {
                 starting: opened.rest,
                 deadline: deadline.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
                 deadline_reason: deadline.map_or("", |(_, why)| why),
+                throttle: None,
                 _ticket: ticket,
             }),
             Err(OpenError::Kafka(e)) => {
@@ -179,6 +180,8 @@ pub struct StreamBody {
     /// Token expiry or maximum lifetime.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     deadline_reason: &'static str,
+    /// A `max-rate=` stream waiting for its next event's turn.
+    throttle: Option<Pin<Box<tokio::time::Sleep>>>,
     _ticket: Ticket,
 }
 
@@ -235,7 +238,21 @@ impl Body for StreamBody {
                 Poll::Ready(Some(Ok(Frame::data(drained.bytes))))
             }
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // A rate-limited stream with records pending comes back
+                // when its next one may go.
+                if let Some(at) = this.connection.queue.throttled_until() {
+                    let at = tokio::time::Instant::from_std(at);
+                    let sleep = this
+                        .throttle
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                    sleep.as_mut().reset(at);
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        cx.waker().wake_by_ref();
+                    }
+                }
+                Poll::Pending
+            }
         }
     }
 }

@@ -60,7 +60,11 @@ impl Operations {
             View::Ready => self.readiness(),
             View::Metrics => respond(
                 Response::builder().header(header::CONTENT_TYPE, "text/plain; version=0.0.4"),
-                Full::new(Bytes::from(self.metrics.render())).boxed(),
+                Full::new(Bytes::from({
+                    self.registry.report_tables();
+                    self.metrics.render()
+                }))
+                .boxed(),
             ),
             View::Stats => json(StatusCode::OK, self.stats().to_string()),
         }
@@ -121,6 +125,11 @@ impl Operations {
             "schema_registry": self.decoder.registry_stats(),
             "held_partitions": self.decoder.holds.to_json(),
             "filters": {"in_use": self.filters.in_use(), "limit": self.filters.max_distinct()},
+            "tables": {
+                "partitions": self.registry.table_stats(),
+                "bytes": self.registry.tables().used_bytes(),
+                "limit_bytes": self.registry.tables().max_bytes(),
+            },
             "ready": self.health.is_ready(),
         })
     }

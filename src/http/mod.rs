@@ -34,6 +34,8 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 const PAGE: &str = include_str!("../page/index.html");
+/// The table-topics example: a price board kept by snapshot-then-live.
+const PRICE_BOARD: &str = include_str!("../page/price-board.html");
 const LISTEN_BACKLOG: u32 = 4096;
 /// Pause after a failed accept (out of files, most likely) rather than spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -238,6 +240,7 @@ async fn open_h1_stream(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     Page,
+    PriceBoard,
     Events,
     /// `/v1/topics/{topic}`
     Publish,
@@ -247,6 +250,12 @@ enum Route {
 /// The one route table: path (or prefix), the methods it answers, what it is.
 const ROUTES: &[(&str, bool, &[Method], Route)] = &[
     ("/", false, &[Method::GET, Method::HEAD], Route::Page),
+    (
+        "/examples/price-board",
+        false,
+        &[Method::GET, Method::HEAD],
+        Route::PriceBoard,
+    ),
     ("/v1/events", false, &[Method::GET], Route::Events),
     ("/v1/topics/", true, &[Method::POST], Route::Publish),
     ("/healthz", false, &[Method::GET], Route::View(View::Health)),
@@ -327,6 +336,10 @@ async fn handle(
         Ok(Route::Page) => respond(
             Response::builder().header(header::CONTENT_TYPE, "text/html; charset=utf-8"),
             Full::new(Bytes::from_static(PAGE.as_bytes())).boxed(),
+        ),
+        Ok(Route::PriceBoard) => respond(
+            Response::builder().header(header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            Full::new(Bytes::from_static(PRICE_BOARD.as_bytes())).boxed(),
         ),
         Ok(Route::Events) => match edge.events.open(peer, req.uri(), req.headers()).await {
             Ok(body) => {

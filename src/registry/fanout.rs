@@ -43,6 +43,10 @@ impl Registry {
         }
         let next = offset + 1;
         inner.remember(&record, self.limits);
+        if !inner.update_table(&self.tables, &record) {
+            self.metrics.table_failures.inc();
+            self.tables.changed.notify_waiters();
+        }
         let keyed = match record.match_key() {
             Some(k) if !inner.keyed.is_empty() => inner.keyed.get(k).map(|v| v.as_slice()),
             _ => None,
@@ -65,7 +69,23 @@ impl Registry {
             if offset < state.position.load(Ordering::Acquire) {
                 continue; // this client's cursor is further on than we are
             }
-            let pushed = if sub.aligned.load(Ordering::Acquire) || sub.refresh_aligned() {
+            let aligned = sub.aligned.load(Ordering::Acquire) || sub.refresh_aligned();
+            let pushed = if aligned && sub.conflates {
+                let mut queue = sub.connection.queue.lock();
+                let merged = queue.merged();
+                let pushed = queue.conflate(
+                    member.slot,
+                    record.match_key(),
+                    offset,
+                    sub.shape.body(&record),
+                    record.record.timestamp,
+                    &mut batch.wakers,
+                );
+                if queue.merged() > merged {
+                    self.metrics.conflated.inc();
+                }
+                pushed
+            } else if aligned {
                 sub.connection
                     .queue
                     .push(&[event], record.record.timestamp, &mut batch.wakers)
@@ -87,12 +107,14 @@ impl Registry {
     /// Moves a live partition forward to `low` after Kafka said its position
     /// is out of range (retention overtook it, or the topic was recreated):
     /// every subscriber gets a `herald.gap` event first.
-    pub fn jump(&self, log: &PartitionLog, low: i64, wakers: &mut Wakers) {
+    pub fn jump(&self, log: &Arc<PartitionLog>, low: i64, wakers: &mut Wakers) {
         let mut inner = log.lock();
         let from = log.live();
         let members: Vec<_> = inner.members().cloned().collect();
         log.live.store(low, Ordering::Release);
         inner.forget(low);
+        // The table missed what retention removed: read it again.
+        self.begin_table(log, &mut inner);
         for m in members {
             self.gap(&m.sub, m.slot, from, low, wakers);
         }

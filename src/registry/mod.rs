@@ -24,6 +24,7 @@ mod shape;
 mod signals;
 mod stats;
 mod subscriber;
+mod table;
 #[cfg(test)]
 mod tests;
 
@@ -38,6 +39,7 @@ pub use fanout::FanoutBatch;
 pub use join::{Join, SlotStart};
 pub use partition::{PartitionLog, ReplayBufferLimits};
 pub use shape::{Filter, Shape, Slot};
+pub use table::{BuildStep, Capture, TableStatus, Tables};
 
 /// What a new subscription is: its canonical text (which names its shape),
 /// cursor fingerprint, format, slots (topic, partition, key filter) and view.
@@ -50,9 +52,20 @@ pub struct ShapeSpec {
 }
 pub use subscriber::{Connection, Subscriber};
 
+/// How one stream (not its shape) wants its records.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamOptions {
+    /// Starts with a snapshot: no id-only events until its mark.
+    pub snapshot: bool,
+    /// Merge queued records to the newest per key; `Some(Some(n))`: and at
+    /// most `n` events a second.
+    pub conflate: Option<Option<u32>>,
+}
+
 use partition::Status;
 
 use crate::metrics::Metrics;
+use crate::queue::CursorSource;
 use crate::sse::Format;
 
 /// Bytes an event adds to its body at most in a queue: the `id:` line (a
@@ -68,11 +81,18 @@ pub struct Registry {
     limits: ReplayBufferLimits,
     queue_bytes: usize,
     metrics: Arc<Metrics>,
+    tables: Tables,
 }
 
 impl Registry {
-    pub fn new(limits: ReplayBufferLimits, queue_bytes: usize, metrics: Arc<Metrics>) -> Registry {
+    pub fn new(
+        limits: ReplayBufferLimits,
+        queue_bytes: usize,
+        metrics: Arc<Metrics>,
+        tables: Tables,
+    ) -> Registry {
         Registry {
+            tables,
             partitions: DashMap::new(),
             shapes: DashMap::new(),
             connections: DashMap::new(),
@@ -97,7 +117,10 @@ impl Registry {
             let log = self
                 .partitions
                 .entry((topic.clone(), partition))
-                .or_insert_with(|| Arc::new(PartitionLog::new(topic.clone(), partition)))
+                .or_insert_with(|| {
+                    let table = self.tables.is_table(topic);
+                    Arc::new(PartitionLog::new(topic.clone(), partition, table))
+                })
                 .value()
                 .clone();
             let mut inner = log.lock();
@@ -116,6 +139,16 @@ impl Registry {
     /// with every other connection of that shape. Every slot's partition is
     /// pinned for the subscriber's lifetime.
     pub fn subscribe(&self, spec: ShapeSpec, peer: SocketAddr) -> Arc<Subscriber> {
+        self.subscribe_with(spec, peer, StreamOptions::default())
+    }
+
+    /// [`Registry::subscribe`], with per-stream options.
+    pub fn subscribe_with(
+        &self,
+        spec: ShapeSpec,
+        peer: SocketAddr,
+        options: StreamOptions,
+    ) -> Arc<Subscriber> {
         let logs: Vec<Arc<PartitionLog>> = spec
             .slots
             .iter()
@@ -124,7 +157,12 @@ impl Registry {
         let shape = self.shape(spec, &logs);
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let connection = Arc::new(Connection::new(id, self.queue_bytes, peer));
-        let subscriber = Arc::new(Subscriber::new(connection.clone(), shape));
+        if let Some(rate) = options.conflate {
+            connection
+                .queue
+                .conflate_with(Box::new(LiveCursor(shape.clone())), rate);
+        }
+        let subscriber = Arc::new(Subscriber::new(connection.clone(), shape, options));
         connection.set_subscriber(subscriber.clone());
         self.connections.insert(id, connection);
         self.metrics.connections.inc();
@@ -178,7 +216,7 @@ impl Registry {
     /// Gives an unstarted partition its start offset. Returns true if this
     /// call started it (the caller must then ask the ingest thread to assign
     /// it), false if someone else did first.
-    pub fn start_partition(&self, log: &PartitionLog, offset: i64) -> bool {
+    pub fn start_partition(&self, log: &Arc<PartitionLog>, offset: i64) -> bool {
         let mut inner = log.lock();
         if inner.status != Status::Unstarted {
             return false;
@@ -186,6 +224,7 @@ impl Registry {
         inner.status = Status::Started;
         inner.recent_floor = offset;
         log.live.store(offset, Ordering::Release);
+        self.begin_table(log, &mut inner);
         true
     }
 
@@ -204,6 +243,13 @@ impl Registry {
             let was_started = inner.status == Status::Started;
             inner.status = Status::Retired;
             inner.recent.clear();
+            if let Some(t) = inner.table.as_mut() {
+                if t.status == TableStatus::Building {
+                    self.metrics.tables_building.dec();
+                }
+                t.clear(&self.tables);
+            }
+            inner.table = None;
             self.partitions
                 .remove_if(&(log.topic.clone(), log.partition), |_, v| {
                     Arc::ptr_eq(v, &log)
@@ -265,5 +311,23 @@ impl Registry {
         let canonical = sub.shape.canonical.clone();
         self.shapes
             .remove_if(&canonical, |_, w| w.strong_count() <= 1);
+    }
+}
+
+/// A conflated stream's ids: its shape's live cursor, each slot with
+/// records still pending at the first of them.
+struct LiveCursor(Arc<Shape>);
+
+impl CursorSource for LiveCursor {
+    fn cursor(&self, pending: &dyn Fn(usize, i64) -> i64) -> String {
+        let mut out = String::new();
+        let positions = self
+            .0
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| pending(i, s.log.live().max(0)));
+        crate::cursor::Cursor::encode_into(self.0.fingerprint, positions, &mut out);
+        out
     }
 }

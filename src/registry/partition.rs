@@ -14,6 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 
+use super::table::Table;
 use super::Subscriber;
 use crate::sse::Encoded;
 
@@ -42,6 +43,8 @@ pub(super) enum Status {
 pub struct PartitionLog {
     pub topic: Arc<str>,
     pub partition: i32,
+    /// Whether its topic is a table topic (it then keeps a table once started).
+    pub is_table: bool,
     /// The next offset the fan-out will see. Written only under the lock.
     pub(super) live: AtomicI64,
     pub(super) inner: Mutex<LogInner>,
@@ -59,6 +62,8 @@ pub(super) struct LogInner {
     pub recent_bytes: usize,
     /// The buffer holds every record from this offset up to `live`.
     pub recent_floor: i64,
+    /// Key → latest record, on a table topic once started.
+    pub table: Option<Table>,
 }
 
 /// A subscriber's slot joined to this partition.
@@ -69,10 +74,11 @@ pub(super) struct Member {
 }
 
 impl PartitionLog {
-    pub(super) fn new(topic: Arc<str>, partition: i32) -> PartitionLog {
+    pub(super) fn new(topic: Arc<str>, partition: i32, is_table: bool) -> PartitionLog {
         PartitionLog {
             topic,
             partition,
+            is_table,
             live: AtomicI64::new(UNKNOWN),
             inner: Mutex::new(LogInner {
                 status: Status::Unstarted,
@@ -83,6 +89,7 @@ impl PartitionLog {
                 recent: VecDeque::new(),
                 recent_bytes: 0,
                 recent_floor: i64::MAX,
+                table: None,
             }),
         }
     }

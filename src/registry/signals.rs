@@ -41,6 +41,10 @@ impl Registry {
     /// is locked (in slot order, the only place that holds several) so that
     /// the id agrees with what the fan-out has queued.
     pub fn send_cursor(&self, sub: &Subscriber, wakers: &mut Wakers) -> bool {
+        if sub.quiet.load(Ordering::Acquire) {
+            // Taking a snapshot: a reconnect must take a fresh one, so no id yet.
+            return false;
+        }
         let _held: Vec<_> = sub.shape.slots.iter().map(|s| s.log.lock()).collect();
         let mut queue = sub.connection.queue.lock();
         let cursor = if sub.aligned.load(Ordering::Acquire) {
@@ -69,8 +73,19 @@ impl Registry {
         resumed: i64,
         wakers: &mut Wakers,
     ) {
-        self.metrics.gaps.inc();
         let log = &sub.shape.slots[slot].log;
+        if log.is_table {
+            // A table's state is recoverable: the client comes back with its
+            // cursor, and opening that stream re-syncs it with a snapshot.
+            self.metrics.resyncs.inc();
+            sub.set_position(slot, resumed);
+            sub.connection.queue.end(
+                crate::queue::End::Unavailable,
+                Some(sse::retry_jittered(1000)),
+            );
+            return;
+        }
+        self.metrics.gaps.inc();
         let mut queue = sub.connection.queue.lock();
         sub.set_position(slot, resumed);
         let id = sse::id_line(&sub.own_cursor());

@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::shape::Shape;
+use super::StreamOptions;
 use crate::cursor::Cursor;
 use crate::queue::{ConnectionQueue, Locked, Pushed, Wakers};
 use crate::sse::{self, Encoded};
@@ -36,6 +37,12 @@ pub struct Subscriber {
     pub(super) closed: AtomicBool,
     /// Hash of the last id-only cursor sent (see `Registry::send_cursor`).
     pub(super) last_idle_id: AtomicU64,
+    /// No id-only events: the stream is taking its snapshot, and until its
+    /// `herald.snapshot` mark a reconnect must start a fresh one.
+    pub(super) quiet: AtomicBool,
+    /// Whether its live records are merged to the newest per key while
+    /// queued (its queue then has a conflator).
+    pub conflates: bool,
 }
 
 /// An open SSE stream.
@@ -97,7 +104,11 @@ impl Connection {
 }
 
 impl Subscriber {
-    pub(super) fn new(connection: Arc<Connection>, shape: Arc<Shape>) -> Subscriber {
+    pub(super) fn new(
+        connection: Arc<Connection>,
+        shape: Arc<Shape>,
+        options: StreamOptions,
+    ) -> Subscriber {
         Subscriber {
             connection,
             slots: shape
@@ -112,7 +123,19 @@ impl Subscriber {
             aligned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             last_idle_id: AtomicU64::new(0),
+            quiet: AtomicBool::new(options.snapshot),
+            conflates: options.conflate.is_some(),
         }
+    }
+
+    /// Taking a snapshot: no id-only events until [`Subscriber::end_quiet`].
+    pub fn begin_quiet(&self) {
+        self.quiet.store(true, Ordering::Release);
+    }
+
+    /// The snapshot is delivered (its mark queued): id-only events may flow.
+    pub fn end_quiet(&self) {
+        self.quiet.store(false, Ordering::Release);
     }
 
     /// True once every slot is joined and the live stream has reached this

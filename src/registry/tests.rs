@@ -93,6 +93,7 @@ impl World {
             },
             1 << 20,
             Arc::new(crate::metrics::Metrics::new()),
+            super::Tables::none(),
         );
         // A first subscriber pins and starts the partition; it stays.
         let first = registry.subscribe(

@@ -14,6 +14,7 @@
 
 pub mod plan;
 pub mod request;
+mod snapshot;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -35,7 +36,7 @@ use crate::formats::Decoder;
 use crate::ingest::Ingest;
 use crate::kafka::Kafka;
 use crate::queue::{End, Wakers};
-use crate::registry::{Join, Registry, ShapeSpec, SlotStart, Subscriber};
+use crate::registry::{Join, Registry, ShapeSpec, SlotStart, StreamOptions, Subscriber};
 use crate::sse;
 
 /// Why a stream could not be opened.
@@ -84,6 +85,8 @@ pub struct Opened {
 /// Where the request starts, its cursor decoded against its plan.
 enum From {
     Live,
+    /// The current state of its table topics, then live.
+    Snapshot,
     Earliest,
     Since(i64),
     Cursor(Cursor),
@@ -102,6 +105,8 @@ enum SlotBegin {
     Cursor(i64),
     Earliest,
     Since,
+    /// Taking a snapshot first (after the head).
+    Snapshot,
 }
 
 impl Subscriptions {
@@ -125,8 +130,14 @@ impl Subscriptions {
     ) -> Result<Opened, OpenError> {
         let format = request.format;
         let view = self.view(&request)?;
+        self.check_tables(&request)?;
+        let conflate = (request.conflate || request.max_rate.is_some()).then_some(request.max_rate);
         let (plan, from) = self.plan(request).await?;
-        let sub = self.registry.subscribe(
+        let options = StreamOptions {
+            snapshot: matches!(from, From::Snapshot),
+            conflate,
+        };
+        let sub = self.registry.subscribe_with(
             ShapeSpec {
                 canonical: plan.canonical,
                 fingerprint: plan.fingerprint,
@@ -135,6 +146,7 @@ impl Subscriptions {
                 view,
             },
             peer,
+            options,
         );
         let guard = Unsubscribe {
             registry: &self.registry,
@@ -173,6 +185,29 @@ impl Subscriptions {
             sub,
             rest: Some(rest),
         })
+    }
+
+    /// `snapshot=`, `conflate=` and `max-rate=` need every topic to be a table.
+    fn check_tables(&self, request: &SubscribeRequest) -> Result<(), BadRequest> {
+        let asked = [
+            ("snapshot=true", request.snapshot),
+            ("conflate=true", request.conflate),
+            ("max-rate=", request.max_rate.is_some()),
+        ];
+        let Some((what, _)) = asked.iter().find(|(_, on)| *on) else {
+            return Ok(());
+        };
+        match request
+            .selectors
+            .iter()
+            .find(|s| !self.registry.tables().is_table(&s.topic))
+        {
+            Some(s) => Err(BadRequest(format!(
+                "{what} needs a table topic, and `{}` is not one (--table-topics)",
+                s.topic
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The request's filters (its own `where=`, its token's claims) and
@@ -236,6 +271,7 @@ impl Subscriptions {
             .into());
         }
         let from = match request.start {
+            Start::Live if request.snapshot => From::Snapshot,
             Start::Live => From::Live,
             Start::Earliest => From::Earliest,
             Start::Since(_) if !self.since_supported => return Err(OpenError::SinceUnsupported),
@@ -306,11 +342,44 @@ impl Subscriptions {
         begins: &[SlotBegin],
         since: Option<i64>,
     ) -> Result<(), KafkaError> {
+        if begins.contains(&SlotBegin::Snapshot) {
+            return self.snapshot(sub, None).await;
+        }
         let waiting: Vec<usize> = (0..begins.len())
             .filter(|&i| begins[i] != SlotBegin::Joined)
             .collect();
         let partitions: Vec<_> = waiting.iter().map(|&i| partition_of(sub, i)).collect();
         let marks = self.kafka.watermarks(partitions.clone()).await?;
+        if is_table_stream(sub) {
+            let stale: Vec<serde_json::Value> = waiting
+                .iter()
+                .zip(&marks)
+                .filter_map(|(&slot, w)| match begins[slot] {
+                    SlotBegin::Cursor(wanted) if wanted < w.low || wanted > w.high => {
+                        let log = &sub.shape.slots[slot].log;
+                        // What retention removed is no longer state.
+                        self.registry.prune_table(log, w.low);
+                        Some(serde_json::json!({
+                            "topic": &*log.topic,
+                            "partition": log.partition,
+                            "requested": wanted,
+                            "low": w.low,
+                            "high": w.high,
+                        }))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if !stale.is_empty() {
+                // The state is recoverable: a fresh snapshot, not a gap,
+                // taken once the live stream is past the log start too.
+                let mut lows = vec![0; begins.len()];
+                for (&slot, w) in waiting.iter().zip(&marks) {
+                    lows[slot] = w.low;
+                }
+                return self.snapshot(sub, Some((stale, lows))).await;
+            }
+        }
         let times = match since {
             Some(ms) => Some(self.kafka.offsets_for_time(partitions, ms).await?),
             None => None,
@@ -332,7 +401,7 @@ impl Subscriptions {
                     .and_then(|t| t.get(n).copied())
                     .unwrap_or(w.high),
                 SlotBegin::LiveFromHigh => w.high,
-                SlotBegin::Joined => continue,
+                SlotBegin::Joined | SlotBegin::Snapshot => continue,
             };
             sub.set_position(slot, at);
             starts.push((slot, at, w.high));
@@ -374,14 +443,18 @@ impl Subscriptions {
 /// delivers, each event's id carries every slot's position, and a resume
 /// from it must skip nothing the other slots have not delivered yet.
 fn begins(sub: &Subscriber, from: &From) -> Vec<SlotBegin> {
+    // A table stream's cursor is checked against the log first: below the
+    // log start it re-syncs the whole stream, before any slot delivers.
+    let table = is_table_stream(sub);
     (0..sub.shape.slots.len())
         .map(|slot| {
             let log = &sub.shape.slots[slot].log;
             match from {
+                From::Snapshot => SlotBegin::Snapshot,
                 From::Cursor(c) => {
                     let wanted = c.positions[slot];
                     sub.set_position(slot, wanted);
-                    if log.serves_from_memory(wanted) && wanted <= log.live() {
+                    if !table && log.serves_from_memory(wanted) && wanted <= log.live() {
                         SlotBegin::Joined
                     } else {
                         SlotBegin::Cursor(wanted)
@@ -394,6 +467,11 @@ fn begins(sub: &Subscriber, from: &From) -> Vec<SlotBegin> {
             }
         })
         .collect()
+}
+
+/// Whether every slot of `sub` reads a table topic.
+fn is_table_stream(sub: &Subscriber) -> bool {
+    sub.shape.slots.iter().all(|s| s.log.is_table)
 }
 
 fn partition_of(sub: &Subscriber, slot: usize) -> (Arc<str>, i32) {

@@ -40,7 +40,17 @@ pub struct SubscribeRequest {
     /// Filters the caller's token makes mandatory: (topic, expression),
     /// sorted; set after the token is checked, never from the query.
     pub claims: Vec<(String, String)>,
+    /// `snapshot=true`: start with the latest record of every selected key
+    /// (table topics).
+    pub snapshot: bool,
+    /// `conflate=true`: merge queued records to the newest per key.
+    pub conflate: bool,
+    /// `max-rate=N`: at most N events a second, merged per key.
+    pub max_rate: Option<u32>,
 }
+
+/// The largest `max-rate=` a stream may ask for.
+pub const MAX_RATE: u32 = 100_000;
 
 /// Limits on what a request may ask for.
 #[derive(Debug, Clone, Copy)]
@@ -87,6 +97,7 @@ pub fn parse_request(
     let mut cursor_param = None;
     let mut format = Format::Plain;
     let (mut filter, mut fields) = (None, None);
+    let (mut snapshot, mut conflate, mut max_rate) = (false, false, None);
     for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match &*name {
             "topic" => selectors.push(selector(&value, limits)?),
@@ -96,6 +107,9 @@ pub fn parse_request(
             "format" => format = parse_format(&value)?,
             "where" => filter = Some(value.into_owned()).filter(|w| !w.trim().is_empty()),
             "fields" => fields = Some(value.into_owned()).filter(|f| !f.trim().is_empty()),
+            "snapshot" => snapshot = parse_flag("snapshot", &value)?,
+            "conflate" => conflate = parse_flag("conflate", &value)?,
+            "max-rate" => max_rate = Some(parse_rate(&value)?),
             _ => {} // cache busters and polyfill parameters
         }
     }
@@ -118,6 +132,11 @@ pub fn parse_request(
         .filter(|c| !c.is_empty())
         .map(str::to_owned)
         .or(cursor_param.filter(|c| !c.trim().is_empty()));
+    if snapshot && (since.is_some() || from.as_ref().is_some_and(|f| *f != Start::Live)) {
+        return Err(BadRequest(
+            "snapshot=true starts from the current state: leave out from= and since=".into(),
+        ));
+    }
     let start = match cursor {
         Some(c) => Start::Cursor(c),
         None => since.or(from).unwrap_or(Start::Live),
@@ -129,7 +148,29 @@ pub fn parse_request(
         filter,
         fields,
         claims: Vec::new(),
+        snapshot,
+        conflate,
+        max_rate,
     })
+}
+
+fn parse_flag(name: &str, value: &str) -> Result<bool, BadRequest> {
+    match value {
+        "true" | "1" | "yes" | "" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        other => Err(BadRequest(format!(
+            "{name}=`{other}` is not understood; use {name}=true or {name}=false"
+        ))),
+    }
+}
+
+fn parse_rate(value: &str) -> Result<u32, BadRequest> {
+    match value.parse::<u32>() {
+        Ok(n) if (1..=MAX_RATE).contains(&n) => Ok(n),
+        _ => Err(BadRequest(format!(
+            "max-rate=`{value}` must be a whole number of events a second, 1 to {MAX_RATE}"
+        ))),
+    }
 }
 
 /// `T` or `T/KEY`.

@@ -7,7 +7,7 @@
 //   EXPECTED_JSON  the value of one record, as herald must deliver it
 // Prints one JSON line; exits 0 on success, 1 on failure.
 
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const [baseArg, topic, expectedText, schemaId, subject] = process.argv.slice(2);
 const base = (baseArg || '').replace(/\/+$/, '');
@@ -24,13 +24,7 @@ let browser;
 let exitCode = 1;
 try {
   const expected = JSON.parse(expectedText);
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    timeout: 30_000,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  browser = await launch();
   const page = await (await browser.newContext()).newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));

@@ -4,16 +4,10 @@
 // {"where": box, "fields": box, "rows": [row texts, oldest first]}.
 //
 // Usage: node filtered.mjs PAGE_URL END
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const [pageUrl, end] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  timeout: 30_000,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 let code = 1;
 try {
   const page = await (await browser.newContext()).newPage();

@@ -894,17 +894,40 @@ pub async fn produce_sentinels(
     partitions: i32,
     tag: &str,
 ) -> Vec<String> {
+    sentinels(p, topic, partitions, tag, false).await
+}
+
+/// [`produce_sentinels`], each with the key `sentinel-<partition>` (a
+/// table topic keeps only keyed records).
+pub async fn produce_keyed_sentinels(
+    p: &FutureProducer,
+    topic: &str,
+    partitions: i32,
+    tag: &str,
+) -> Vec<String> {
+    sentinels(p, topic, partitions, tag, true).await
+}
+
+async fn sentinels(
+    p: &FutureProducer,
+    topic: &str,
+    partitions: i32,
+    tag: &str,
+    keyed: bool,
+) -> Vec<String> {
     let mut out = Vec::new();
     for partition in 0..partitions {
         let value = format!("sentinel:{tag}:{partition}");
-        p.send(
-            FutureRecord::<(), _>::to(topic)
-                .partition(partition)
-                .payload(&value),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap_or_else(|(e, _)| panic!("produce a sentinel to {topic}/{partition}: {e}"));
+        let key = format!("sentinel-{partition}");
+        let mut record = FutureRecord::<str, _>::to(topic)
+            .partition(partition)
+            .payload(&value);
+        if keyed {
+            record = record.key(&key);
+        }
+        p.send(record, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce a sentinel to {topic}/{partition}: {e}"));
         out.push(value);
     }
     out
@@ -923,4 +946,35 @@ pub async fn expect_only(s: &mut Stream, sentinels: &[String], what: &str) {
         let d = e.data.unwrap_or_default();
         assert!(waiting.remove(d.as_str()), "{what}: got {d:?}");
     }
+}
+
+/// Runs `script` of tests/browser with node (headless Chromium through
+/// playwright-core), which must succeed within a minute; returns its
+/// standard output (one JSON line by convention).
+pub async fn browser_script(script: &str, args: &[&str]) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists()
+            && std::path::Path::new("/usr/bin/chromium").exists(),
+        "playwright-core and chromium are missing: run `make test` (or `bash scripts/install-deps.sh test`)"
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .arg(script)
+            .args(args)
+            .current_dir(&dir)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the browser finishes within a minute")
+    .expect("node starts");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }

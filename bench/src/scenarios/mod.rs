@@ -14,6 +14,7 @@ mod flows;
 mod idle;
 mod resume;
 mod smoke;
+mod tables;
 
 pub use cursor::cursor_sizes;
 pub use decode::decode;
@@ -21,3 +22,4 @@ pub use flows::{broadcast, filters, keyed, latency};
 pub use idle::idle;
 pub use resume::resume;
 pub use smoke::smoke;
+pub use tables::tables;
