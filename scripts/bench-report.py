@@ -540,6 +540,17 @@ def report(results, directory, seconds, nruns, charts_dir, md_path):
       f"{mmm(eq_ratios, fx)} per round" + (f"; {fx(curve_eq[0])} on the median curves" if curve_eq else "")
       + f" | {verdict(ok, 'below 1.5×' if clean(eq_ratios) else 'no comparable step')}"
       + (f" ({len(low)} of {len(eq_ratios)} rounds below 1.5×)" if ok and low else "") + " |")
+    tr = runs(results, "tables-herald")
+    if tr:
+        marks = [d.get("snapshots", {}).get("all_marks_s") for d in tr]
+        fails = sum(d.get("snapshots", {}).get("failures", 0) for d in tr)
+        cut = [d.get("conflation", {}).get("slow_disconnects") for d in tr]
+        each = med([d.get("conflation", {}).get("slow_clients_each") for d in tr]) or 0
+        w(f"| tables: 1,000 clients each taking a 10,000-key snapshot at once; conflation under a hot "
+          f"topic | every mark reached; conflating slow clients kept | every mark after "
+          f"{mmm(marks, num, digits=2)} s, {fails} failed; of the slow clients only the "
+          f"{num(each, 0)} without `conflate=true` cut off ({mmm(cut, num, digits=0)}) | "
+          f"{verdict(fails == 0 and (med(cut) or 0) <= each, f'{fails} snapshots failed, {med(cut)} cut off')} |")
     w("")
 
     # ---------------------------------------------------------- broadcast
@@ -785,6 +796,44 @@ def report(results, directory, seconds, nruns, charts_dir, md_path):
               f"against {num(med([x['p99_ms'] for x in b]))} ms: ten times the connections (and deliveries) "
               f"on the same distinct filters.")
             w("")
+
+    # ---------------------------------------------------------- tables
+    t_rs = runs(results, "tables-herald")
+    if t_rs:
+        b = [d.get("build", {}) for d in t_rs]
+        sn = [d.get("snapshots", {}) for d in t_rs]
+        c = [d.get("conflation", {}) for d in t_rs]
+        w("## Table topics")
+        w("")
+        w(f"One node on its embedded Kafka, a table topic of 8 partitions "
+          f"(`herald-bench tables --partitions 8`).")
+        w("")
+        w("| what | result |")
+        w("|---|---|")
+        w(f"| build a {human(med([x.get('keys') for x in b]))}-key table (100-byte values) from Kafka | "
+          f"{mmm([x.get('built_ms') for x in b], num, digits=0)} ms (the slowest partition's build); the first "
+          f"snapshot stream's mark after {mmm([x.get('first_snapshot_s') for x in b], num, digits=2)} s |")
+        w(f"| memory per key held | {mmm([x.get('rss_growth_bytes_per_key') for x in b], num, digits=0)} B of RSS growth; "
+          f"{mmm([x.get('accounted_bytes_per_key') for x in b], num, digits=0)} B accounted against `--table-max-bytes` |")
+        w(f"| {human(med([x.get('clients') for x in sn]))} clients each taking a whole-topic snapshot of "
+          f"{human(med([x.get('keys_each') for x in sn]))} keys at once | every mark after "
+          f"{mmm([x.get('all_marks_s') for x in sn], num, digits=2)} s (p50 {mmm([x.get('p50_s') for x in sn], num, digits=2)} s per client), "
+          f"{mmm([x.get('records_per_s') for x in sn])} snapshot records/s, "
+          f"{int(sum(x.get('failures', 0) for x in sn))} failed |")
+        qmax = [max(x.get("queued_bytes_after_3s", [0, 0])) for x in c]
+        qmin = [min(x.get("queued_bytes_after_3s", [0, 0])) for x in c]
+        w(f"| {human(med([x.get('rate') for x in c]))} records/s over {human(med([x.get('keys') for x in c]))} keys "
+          f"for {num(med([x.get('seconds') for x in c]), 0)} s; {num(med([x.get('slow_clients_each') for x in c]), 0)} "
+          f"clients reading {human(med([x.get('slow_read_bytes_per_s') for x in c]))} B/s with `conflate=true`, "
+          f"as many without | conflating: queued bytes of the node flat from 3 s on "
+          f"({mmm(qmin)}–{mmm(qmax)} B for all of them), none cut off; without: "
+          f"{mmm([x.get('slow_disconnects') for x in c], num, digits=0)} cut off as too slow; "
+          f"{mmm([x.get('conflated_records') for x in c])} records merged away |")
+        w("")
+        w("RSS includes the embedded Kafka, which keeps about 5 MiB of every partition it is sent, so "
+          "under the hot topic the node's RSS grows until the mock's retention caps it; the queued "
+          "bytes (`herald_queued_bytes`) are the clients' own.")
+        w("")
 
     # ---------------------------------------------------------- problems
     problems = [(n, p) for n, d in sorted(results.items()) for p in d.get("problems", [])]

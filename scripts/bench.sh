@@ -3,7 +3,7 @@
 # libnginx-mod-nchan, bench/nchan.conf) and the speed-of-light writer
 # (herald-baseline), alternating servers within each round, then rewrites
 # BENCHMARKS.md and docs/bench/*.svg from the results (scripts/bench-report.py).
-# About 11 minutes on the project's 2-core machines (3 rounds).
+# About 13 minutes on the project's 2-core machines (3 rounds).
 #
 # Usage: scripts/bench.sh [--smoke] [--runs N] [--no-stretch] [--no-report] [--out DIR]
 #   --smoke       a few hundred connections for a few seconds against one
@@ -127,6 +127,9 @@ for r in $(seq 1 "$RUNS"); do
     run "filters-keys-$f-herald-10000-r$r" filters --clients 10000 --filters "$f" --rate 1000 --seconds 3 --keys-instead
   done
   run "resume-herald-10000-r$r" resume --server herald --clients 10000 --behind 5
+  # Table topics: a 100,000-key table built from Kafka, 1,000 snapshots of
+  # 10,000 keys at once, and slow clients on a 10,000 records/s hot topic.
+  run "tables-herald-r$r" tables --partitions 8 --topic tables
 done
 # The resume again with a 16-record replay buffer, so the catch-up must read
 # Kafka (one run: a variant, not a target of its own).

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub snapshots: IntCounter,
     pub resyncs: IntCounter,
     pub conflated: IntCounter,
+    pub queued_bytes: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -244,6 +245,11 @@ impl Metrics {
                 &registry,
                 "herald_conflated_records_total",
                 "Queued records replaced by a newer one of their key (conflate=true, max-rate=)",
+            ),
+            queued_bytes: gauge(
+                &registry,
+                "herald_queued_bytes",
+                "Bytes waiting in client queues (frames, and conflated records pending), at scrape time",
             ),
             registry,
         }

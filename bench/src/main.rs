@@ -304,6 +304,9 @@ struct TablesArgs {
     /// What each slow reader drains a second.
     #[arg(long, default_value_t = 20_000)]
     slow_bytes_per_second: usize,
+    /// The hot topic is not a table (no conflation): the baseline.
+    #[arg(long)]
+    hot_plain: bool,
 }
 
 #[derive(Args, Clone)]

@@ -114,6 +114,7 @@ impl Operations {
         json!({
             "node_id": self.node_id,
             "connections": self.registry.connection_count(),
+            "queued_bytes": self.registry.queued_bytes(),
             "subscriptions": {"topics": snap.topics, "keys": snap.keys},
             "assigned_partitions": assigned,
             "partitions": snap.partitions,

@@ -522,8 +522,18 @@ impl Registry {
         out
     }
 
-    /// Sets the per-topic table gauges.
+    /// Bytes waiting in every client queue of the node.
+    pub fn queued_bytes(&self) -> usize {
+        self.connections
+            .iter()
+            .map(|c| c.value().queue.queued_bytes())
+            .sum()
+    }
+
+    /// Sets the per-topic table gauges, and the queued bytes.
     pub fn report_tables(&self) {
+        let queued = i64::try_from(self.queued_bytes()).unwrap_or(i64::MAX);
+        self.metrics.queued_bytes.set(queued);
         let mut per_topic: HashMap<String, (usize, usize)> = HashMap::new();
         for t in self.table_stats() {
             let e = per_topic.entry(t.topic).or_default();
