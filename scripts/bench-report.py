@@ -820,13 +820,16 @@ def report(results, directory, seconds, nruns, charts_dir, md_path):
           f"{mmm([x.get('all_marks_s') for x in sn], num, digits=2)} s (p50 {mmm([x.get('p50_s') for x in sn], num, digits=2)} s per client), "
           f"{mmm([x.get('records_per_s') for x in sn])} snapshot records/s, "
           f"{int(sum(x.get('failures', 0) for x in sn))} failed |")
-        qmax = [max(x.get("queued_bytes_after_3s", [0, 0])) for x in c]
-        qmin = [min(x.get("queued_bytes_after_3s", [0, 0])) for x in c]
+        # The second half of the run: the clients without conflation are cut
+        # off by then, so what is queued is the conflating clients' own.
+        half = [x.get("queued_bytes_samples", [])[len(x.get("queued_bytes_samples", [])) // 2:] for x in c]
+        qmax = [max(h) if h else None for h in half]
+        qmin = [min(h) if h else None for h in half]
         w(f"| {human(med([x.get('rate') for x in c]))} records/s over {human(med([x.get('keys') for x in c]))} keys "
           f"for {num(med([x.get('seconds') for x in c]), 0)} s; {num(med([x.get('slow_clients_each') for x in c]), 0)} "
           f"clients reading {human(med([x.get('slow_read_bytes_per_s') for x in c]))} B/s with `conflate=true`, "
-          f"as many without | conflating: queued bytes of the node flat from 3 s on "
-          f"({mmm(qmin)}–{mmm(qmax)} B for all of them), none cut off; without: "
+          f"as many without | conflating: queued bytes of the node over the second half "
+          f"{mmm(qmin)} to {mmm(qmax)} B for all of them (flat), none cut off; without: "
           f"{mmm([x.get('slow_disconnects') for x in c], num, digits=0)} cut off as too slow; "
           f"{mmm([x.get('conflated_records') for x in c])} records merged away |")
         w("")

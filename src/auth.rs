@@ -50,6 +50,8 @@ pub struct Grant {
     open: bool,
     /// Mandatory filters by topic pattern (`herald.where`).
     filters: Vec<(Pattern, String)>,
+    /// The token's `sub`: who holds it (presence may list it).
+    pub user: Option<String>,
 }
 
 impl Grant {
@@ -90,6 +92,7 @@ impl Grant {
 #[derive(Debug, Deserialize)]
 struct Claims {
     exp: Option<u64>,
+    sub: Option<String>,
     #[serde(default)]
     herald: HeraldClaim,
 }
@@ -283,6 +286,7 @@ impl Auth {
                         from_cookie: false,
                         open: false,
                         filters,
+                        user: c.sub.filter(|s| !s.is_empty() && s.len() <= MAX_SUB_BYTES),
                     });
                 }
                 Err(e) => last = Some(e),
@@ -291,6 +295,9 @@ impl Auth {
         Err(invalid(&last.map(|e| e.to_string()).unwrap_or_default()))
     }
 }
+
+/// The longest `sub` claim presence carries; a longer one is ignored.
+pub const MAX_SUB_BYTES: usize = 256;
 
 /// Mints an HS256 token (the `herald token` command).
 pub fn mint(args: &crate::config::TokenArgs) -> anyhow::Result<String> {
@@ -310,6 +317,9 @@ pub fn mint(args: &crate::config::TokenArgs) -> anyhow::Result<String> {
     }
     if let Some(f) = &args.filter {
         claims["herald"]["where"] = f.clone().into();
+    }
+    if let Some(sub) = &args.sub {
+        claims["sub"] = sub.clone().into();
     }
     Ok(jsonwebtoken::encode(
         &jsonwebtoken::Header::new(Algorithm::HS256),
@@ -333,6 +343,7 @@ mod tests {
             issuer: None,
             audience: None,
             filter: Some("value.tenant == 'a'".into()),
+            sub: Some("ada".into()),
         };
         let auth = Auth::new(&AuthConfig {
             hs256_secret: Some("s".repeat(32)),

@@ -50,6 +50,9 @@ pub struct TokenArgs {
     /// A mandatory CEL filter on every record the token reads (`herald.where`).
     #[arg(long = "where")]
     pub filter: Option<String>,
+    /// Who holds the token (`sub`): presence lists it with --presence-users.
+    #[arg(long)]
+    pub sub: Option<String>,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -289,6 +292,28 @@ pub struct Config {
     #[arg(long, env = "HERALD_TABLE_MAX_BYTES", default_value_t = 256 << 20)]
     pub table_max_bytes: usize,
 
+    /// Compacted topic the nodes share presence through (created when
+    /// missing); empty turns presence off.
+    #[arg(long, env = "HERALD_PRESENCE_TOPIC", default_value = "herald.presence")]
+    pub presence_topic: String,
+
+    /// Partitions of the presence topic when herald creates it.
+    #[arg(long, env = "HERALD_PRESENCE_PARTITIONS", default_value_t = 8)]
+    pub presence_partitions: i32,
+
+    /// Presence lists the users (the token's `sub`) of each selector, and
+    /// who joined and left.
+    #[arg(long, env = "HERALD_PRESENCE_USERS")]
+    pub presence_users: bool,
+
+    /// How often a node writes its presence heartbeat.
+    #[arg(long, env = "HERALD_PRESENCE_HEARTBEAT", default_value = "1s", value_parser = duration)]
+    pub presence_heartbeat: Duration,
+
+    /// A node whose heartbeat is older than this is gone: its counts expire.
+    #[arg(long, env = "HERALD_PRESENCE_TTL", default_value = "5s", value_parser = duration)]
+    pub presence_ttl: Duration,
+
     /// Compiled schemas a node keeps (by id); the least recently used
     /// beyond it are dropped, never one in use.
     #[arg(long, env = "HERALD_SCHEMA_CACHE_SIZE", default_value_t = 10_000)]
@@ -339,6 +364,14 @@ impl Config {
         }
         if self.max_stream_partitions == 0 {
             anyhow::bail!("--max-stream-partitions must be at least 1");
+        }
+        if !self.presence_topic.is_empty() {
+            if !(1..=1000).contains(&self.presence_partitions) {
+                anyhow::bail!("--presence-partitions must be 1 to 1000");
+            }
+            if self.presence_ttl <= self.presence_heartbeat {
+                anyhow::bail!("--presence-ttl must be longer than --presence-heartbeat");
+            }
         }
         Ok(())
     }

@@ -246,3 +246,34 @@ pub fn is_unknown_topic(e: &KafkaError) -> bool {
         Some(RDKafkaErrorCode::UnknownTopicOrPartition) | Some(RDKafkaErrorCode::UnknownTopic)
     )
 }
+
+/// Creates a compacted topic on the brokers (for the node's own topics,
+/// such as presence). An existing topic is no error.
+pub async fn create_compacted_topic(
+    config: &Config,
+    bootstrap: &str,
+    name: &str,
+    partitions: i32,
+) -> Result<(), KafkaError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        base_config(config, bootstrap, "admin").create()?;
+    // The brokers' default replication first (-1); brokers that do not
+    // take it get one replica.
+    let mut last = None;
+    for replicas in [-1, 1] {
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replicas))
+            .set("cleanup.policy", "compact");
+        let options = AdminOptions::new().request_timeout(Some(LOOKUP_TIMEOUT));
+        let results = admin.create_topics([&topic], &options).await?;
+        match results.into_iter().next() {
+            None | Some(Ok(_)) => return Ok(()),
+            Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) => return Ok(()),
+            Some(Err((_, code))) => last = Some(code),
+        }
+    }
+    Err(KafkaError::AdminOp(
+        last.unwrap_or(rdkafka::types::RDKafkaErrorCode::Unknown),
+    ))
+}

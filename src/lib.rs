@@ -34,6 +34,9 @@
 //!    whose writes stall past the write timeout (`sweeps`), is cut off and
 //!    resumes from Kafka with its cursor ([`cursor`]).
 //!
+//! Beside it, `presence` writes this node's stream counts and heartbeats to
+//! a compacted topic and reads every node's back (as a table topic).
+//!
 //! Around the data path: `node` builds and stops everything (one shutdown
 //! tree), `kafka` holds the clients and look-ups, `embedded` runs
 //! librdkafka's mock cluster when no `--brokers` are given, and `metrics`
@@ -58,6 +61,7 @@ mod metrics;
 mod node;
 pub mod partitioner;
 mod pattern;
+mod presence;
 mod queue;
 mod record;
 mod registry;

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub resyncs: IntCounter,
     pub conflated: IntCounter,
     pub queued_bytes: IntGauge,
+    pub presence_records: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -245,6 +246,11 @@ impl Metrics {
                 &registry,
                 "herald_conflated_records_total",
                 "Queued records replaced by a newer one of their key (conflate=true, max-rate=)",
+            ),
+            presence_records: counter(
+                &registry,
+                "herald_presence_records_total",
+                "Records this node wrote to the presence topic (counts, heartbeats, tombstones)",
             ),
             queued_bytes: gauge(
                 &registry,

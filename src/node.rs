@@ -41,6 +41,7 @@ use crate::http::{self, Edge, EdgeLimits};
 use crate::ingest::Ingest;
 use crate::kafka::{self, Kafka};
 use crate::metrics::Metrics;
+use crate::presence::{Presence, PresenceConfig};
 use crate::queue::End;
 use crate::registry::{Registry, ReplayBufferLimits, Tables};
 use crate::subscribe::{SelectorLimits, Subscriptions};
@@ -50,6 +51,10 @@ use crate::{sse, sweeps};
 const KAFKA_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// After the grace, how long the streams that were ended get to go.
 const LAST_WORDS: Duration = Duration::from_secs(1);
+/// How long a node waits for a presence topic it created to show up.
+const PRESENCE_TOPIC_WAIT: Duration = Duration::from_secs(10);
+/// Pause before opening the presence topic again after a failure.
+const PRESENCE_RETRY: Duration = Duration::from_secs(2);
 
 /// The stages of a node's shutdown: children of one root.
 struct Shutdown {
@@ -116,7 +121,7 @@ impl Node {
             },
             config.queue_bytes,
             metrics.clone(),
-            Tables::new(&config.table_topics, config.table_max_bytes),
+            Tables::new(&table_patterns(&config), config.table_max_bytes),
         ));
         let decoder = Arc::new(Decoder::new(
             &config.formats(),
@@ -139,6 +144,7 @@ impl Node {
         )?);
         let health = Arc::new(Health::new(shutdown.drain.clone(), admission.clone()));
         health.set_kafka_reachable(readers.kafka.refresh().await);
+        let presence = presence(&config, &bootstrap, &registry, &metrics)?;
         let wiring = Wiring {
             config: &config,
             bootstrap: &bootstrap,
@@ -148,6 +154,7 @@ impl Node {
             metrics: &metrics,
             health: &health,
             admission,
+            presence: presence.clone(),
         };
         let edge = Arc::new(wiring.edge()?);
         let listener = http::bind(config.listen)?;
@@ -155,6 +162,30 @@ impl Node {
         let ops_listener = config.ops_listen.map(http::bind).transpose()?;
         let ops_addr = ops_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         spawn_sweeps(&tasks, &config, &registry, &metrics, &shutdown.background);
+        if let Some(presence) = &presence {
+            let topic = PresenceTopic {
+                config: config.clone(),
+                bootstrap: bootstrap.clone(),
+                embedded: embedded.clone(),
+                registry: registry.clone(),
+                kafka: readers.kafka.clone(),
+                ingest: readers.ingest.clone(),
+            };
+            // A draining node leaves presence at once: its streams go to
+            // other nodes, which count them there.
+            tasks.spawn(open_presence(
+                topic,
+                presence.clone(),
+                shutdown.drain.clone(),
+            ));
+        }
+        if let Some(topic) = &config.demo_topic {
+            tasks.spawn(demo_producer(
+                kafka::producer(&config, &bootstrap)?,
+                topic.clone(),
+                shutdown.background.clone(),
+            ));
+        }
         tasks.spawn(watch_kafka(
             readers.kafka.clone(),
             health,
@@ -347,6 +378,7 @@ struct Wiring<'a> {
     metrics: &'a Arc<Metrics>,
     health: &'a Arc<Health>,
     admission: Arc<Admission>,
+    presence: Option<Arc<Presence>>,
 }
 
 impl Wiring<'_> {
@@ -373,6 +405,7 @@ impl Wiring<'_> {
             since_supported: self.embedded.is_none(),
         });
         Ok(Edge {
+            page: http::page(config.demo_topic.as_deref()),
             events: Events {
                 subscriptions,
                 auth: auth.clone(),
@@ -385,6 +418,7 @@ impl Wiring<'_> {
                 },
                 retry_ms: config.retry_ms,
                 max_stream_lifetime: config.max_stream_lifetime,
+                presence_topic: self.presence.as_ref().map(|p| Arc::from(p.topic())),
             },
             publisher: Publisher {
                 producer: kafka::producer(config, self.bootstrap)?,
@@ -408,6 +442,7 @@ impl Wiring<'_> {
                 embedded: self.embedded.is_some(),
                 decoder: self.readers.decoder.clone(),
                 filters,
+                presence: self.presence.clone(),
             },
             cors,
             metrics: self.metrics.clone(),
@@ -434,6 +469,157 @@ fn auth(config: &Config) -> anyhow::Result<Auth> {
         tracing::warn!("no auth key configured: every topic is open to anyone (set --auth-hs256-secret or --auth-public-key)");
     }
     Ok(auth)
+}
+
+/// `--demo-topic`'s records: a few keyed sensor readings a second, so that
+/// a first run shows records arriving without publishing by hand.
+async fn demo_producer(
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+    stop: CancellationToken,
+) {
+    const SENSORS: [&str; 5] = ["sensor-1", "sensor-2", "sensor-3", "sensor-4", "sensor-5"];
+    let mut tick = tokio::time::interval(Duration::from_millis(400));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let sensor = SENSORS[usize::try_from(n % 5).unwrap_or(0)];
+        // A slow wave, so the numbers move.
+        let phase = (n as f64) / 20.0;
+        let value = serde_json::json!({
+            "sensor": sensor,
+            "temperature": ((20.0 + 3.0 * phase.sin()) * 10.0).round() / 10.0,
+            "humidity": ((45.0 + 5.0 * (phase / 2.0).cos()) * 10.0).round() / 10.0,
+            "seq": n,
+        })
+        .to_string();
+        let record = rdkafka::producer::FutureRecord::to(&topic)
+            .key(sensor)
+            .payload(&value);
+        if let Err((e, _)) = producer.send_result(record) {
+            tracing::debug!(error = %e, "demo record not sent");
+        }
+        n = n.wrapping_add(1);
+    }
+}
+
+/// Table topics: the configured ones, and the presence topic.
+fn table_patterns(config: &Config) -> Vec<String> {
+    let mut patterns = config.table_topics.clone();
+    if !config.presence_topic.is_empty() {
+        patterns.push(config.presence_topic.clone());
+    }
+    patterns
+}
+
+/// The presence writer and reader, not connected yet (see [`open_presence`]).
+fn presence(
+    config: &Config,
+    bootstrap: &str,
+    registry: &Arc<Registry>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Arc<Presence>>> {
+    if config.presence_topic.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(Presence::new(
+        PresenceConfig {
+            topic: config.presence_topic.clone(),
+            users: config.presence_users,
+            heartbeat: config.presence_heartbeat,
+            ttl: config.presence_ttl,
+        },
+        config.node_id.clone(),
+        registry.clone(),
+        kafka::producer(config, bootstrap)?,
+        metrics.clone(),
+    ))))
+}
+
+/// What opening the presence topic needs (owned: it runs in a task).
+struct PresenceTopic {
+    config: Config,
+    bootstrap: String,
+    embedded: Option<Arc<EmbeddedKafka>>,
+    registry: Arc<Registry>,
+    kafka: Kafka,
+    ingest: Arc<Ingest>,
+}
+
+impl PresenceTopic {
+    /// Creates the presence topic when missing and reads all its
+    /// partitions (pinned, as tables, from their log start).
+    async fn open(&self) -> anyhow::Result<Vec<Arc<crate::registry::PartitionLog>>> {
+        let config = &self.config;
+        let name = config.presence_topic.clone();
+        let mut partitions = self.kafka.partition_count(&name).await?;
+        if partitions.is_none() {
+            match &self.embedded {
+                Some(e) => {
+                    let (e, n, p) = (e.clone(), name.clone(), config.presence_partitions);
+                    tokio::task::spawn_blocking(move || e.create_topic(&n, p)).await??;
+                }
+                None => kafka::create_compacted_topic(config, &self.bootstrap, &name, config.presence_partitions)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("creating the presence topic `{name}`: {e} (create it as a compacted topic, or set --presence-topic '' to turn presence off)")
+                    })?,
+            }
+            let deadline = tokio::time::Instant::now() + PRESENCE_TOPIC_WAIT;
+            while partitions.is_none() && tokio::time::Instant::now() < deadline {
+                self.kafka.forget(&name);
+                partitions = self.kafka.partition_count(&name).await.ok().flatten();
+                if partitions.is_none() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let Some(n) = partitions else {
+            anyhow::bail!("the presence topic `{name}` did not appear after it was created");
+        };
+        let topic: Arc<str> = Arc::from(name.as_str());
+        let logs: Vec<_> = (0..n)
+            .map(|p| self.registry.pin_forever(&topic, p))
+            .collect();
+        let marks = self
+            .kafka
+            .watermarks(
+                logs.iter()
+                    .map(|l| (l.topic.clone(), l.partition))
+                    .collect(),
+            )
+            .await?;
+        for (log, w) in logs.iter().zip(marks) {
+            if self.registry.start_partition(log, w.high) {
+                self.ingest.assign(log.clone());
+            }
+        }
+        Ok(logs)
+    }
+}
+
+/// Opens the presence topic (retrying while Kafka cannot be reached: a node
+/// starts without it), then runs presence until the node drains.
+async fn open_presence(topic: PresenceTopic, presence: Arc<Presence>, drain: CancellationToken) {
+    loop {
+        match topic.open().await {
+            Ok(logs) => {
+                presence.set_logs(logs);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "presence topic not open yet; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(PRESENCE_RETRY) => {}
+                    () = drain.cancelled() => return,
+                }
+            }
+        }
+    }
+    presence.run(drain).await;
 }
 
 /// The brokers to use: `--brokers`, or an embedded Kafka started here (with

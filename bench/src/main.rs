@@ -92,6 +92,8 @@ enum Cmd {
     /// What decoding Avro, Protobuf and JSON Schema records costs per
     /// record on one core, against the plain path (no server).
     Decode(DecodeArgs),
+    /// The light load alone and beside streams churning (presence's cost).
+    PresenceChurn(ChurnArgs),
     /// Table topics: a table built from Kafka (time, memory per key), many
     /// snapshots at once, and conflation for slow clients on a hot topic.
     Tables(TablesArgs),
@@ -272,6 +274,37 @@ struct FiltersArgs {
 }
 
 #[derive(Args, Clone)]
+struct ChurnArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    flow: FlowArgs,
+    /// Light-load clients, one key each.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Records/s over their keys.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds each measurement lasts.
+    #[arg(long, default_value_t = 4.0)]
+    seconds: f64,
+    /// Streams the churn keeps open.
+    #[arg(long, default_value_t = 10_000)]
+    churn_streams: usize,
+    /// Streams the churn replaces a second.
+    #[arg(long, default_value_t = 500)]
+    churn_rate: usize,
+    /// Selectors the churning streams spread over.
+    #[arg(long, default_value_t = 10)]
+    churn_selectors: usize,
+    /// Alone/churning pairs.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+#[derive(Args, Clone)]
 struct TablesArgs {
     #[command(flatten)]
     server: ServerArgs,
@@ -431,6 +464,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Decode(a) => exit_on(scenarios::decode(a).await),
             Cmd::Filters(a) => exit_on(scenarios::filters(a).await),
             Cmd::Tables(a) => exit_on(scenarios::tables(a).await),
+            Cmd::PresenceChurn(a) => exit_on(scenarios::churn_scenario(a).await),
             Cmd::Keyed(a) => exit_on(scenarios::keyed(a, false).await),
             Cmd::Light(a) => exit_on(scenarios::keyed(a, true).await),
             Cmd::Latency(a) => exit_on(scenarios::latency(a).await),

@@ -29,7 +29,9 @@ use crate::metrics::Metrics;
 use crate::queue::End;
 use crate::registry::{Connection, Registry};
 use crate::sse;
-use crate::subscribe::{parse_request, OpenError, SelectorLimits, SubscribeRequest, Subscriptions};
+use crate::subscribe::{
+    parse_request, OpenError, Selector, SelectorLimits, SubscribeRequest, Subscriptions,
+};
 
 /// What opening a stream needs.
 pub struct Events {
@@ -41,6 +43,8 @@ pub struct Events {
     pub limits: SelectorLimits,
     pub retry_ms: u64,
     pub max_stream_lifetime: Option<Duration>,
+    /// The presence topic (`None`: presence is off).
+    pub presence_topic: Option<Arc<str>>,
 }
 
 /// An event-stream response's head, whichever path writes it.
@@ -67,11 +71,18 @@ impl Events {
             .auth
             .grant(headers, uri.query())
             .map_err(|e| self.refuse(&e))?;
-        self.authorize(grant.as_ref(), &request)
-            .map_err(|e| self.refuse(&e))?;
-        if let Some(g) = &grant {
-            request.claims = claims(g, &request);
+        let is_presence = request.presence.is_some() || request.cluster;
+        if is_presence {
+            self.presence_stream(grant.as_ref(), &mut request)
+                .map_err(|e| self.refuse(&e))?;
+        } else {
+            self.authorize(grant.as_ref(), &request)
+                .map_err(|e| self.refuse(&e))?;
+            if let Some(g) = &grant {
+                request.claims = claims(g, &request);
+            }
         }
+        request.user = grant.as_ref().and_then(|g| g.user.clone());
         if self.health.is_draining() {
             return Err(self.come_back_later("draining"));
         }
@@ -98,6 +109,10 @@ impl Events {
                 throttle: None,
                 _ticket: ticket,
             }),
+            // The node creates its presence topic as it starts: not yet.
+            Err(OpenError::UnknownTopic(_)) if is_presence => {
+                Err(self.come_back_later("presence is starting"))
+            }
             Err(OpenError::Kafka(e)) => {
                 tracing::warn!(error = %e, "subscribe failed on Kafka; asking the client to retry");
                 Err(self.come_back_later("kafka unavailable"))
@@ -121,29 +136,46 @@ impl Events {
         )
     }
 
+    /// `presence=S` and `cluster=true`: authorised like a subscription to
+    /// `S` (the whole view: the operations grant), then turned into a
+    /// stream of the presence topic filtered to what was asked for.
+    fn presence_stream(
+        &self,
+        grant: Option<&Grant>,
+        request: &mut SubscribeRequest,
+    ) -> Result<(), ApiError> {
+        let Some(topic) = &self.presence_topic else {
+            return Err(ApiError::NotFound(
+                "presence: it is off on this node (--presence-topic)".into(),
+            ));
+        };
+        let claim = match request.presence.take() {
+            Some(s) => {
+                may_read(&self.auth, grant, &s.topic, s.key.as_deref())?;
+                let text = match &s.key {
+                    Some(k) => format!("{}/{k}", s.topic),
+                    None => s.topic.clone(),
+                };
+                let literal = serde_json::Value::from(text).to_string();
+                format!("value.selector == {literal}")
+            }
+            None => {
+                may_operate(&self.auth, grant)?;
+                "has(value.node) && !has(value.selector)".to_owned()
+            }
+        };
+        request.selectors = vec![Selector {
+            topic: topic.to_string(),
+            key: None,
+        }];
+        request.claims = vec![(topic.to_string(), claim)];
+        Ok(())
+    }
+
     /// Checks every selector against the caller's grant (or the anonymous list).
     fn authorize(&self, grant: Option<&Grant>, request: &SubscribeRequest) -> Result<(), ApiError> {
         for s in &request.selectors {
-            let key = s.key.as_deref();
-            if self.auth.anonymous_may_subscribe(&s.topic, key) {
-                continue;
-            }
-            let shown = match key {
-                Some(k) => format!("{}/{k}", s.topic),
-                None => s.topic.clone(),
-            };
-            match grant {
-                None => {
-                    return Err(ApiError::Unauthorized(format!(
-                        "`{shown}` needs a token (Authorization: Bearer, the {} cookie, or access_token=)",
-                        self.auth.cookie_name()
-                    )))
-                }
-                Some(g) if !g.may_subscribe(&s.topic, key) => {
-                    return Err(ApiError::Forbidden(format!("the token does not grant `{shown}`")))
-                }
-                Some(_) => {}
-            }
+            may_read(&self.auth, grant, &s.topic, s.key.as_deref())?;
         }
         Ok(())
     }
@@ -260,6 +292,47 @@ impl Body for StreamBody {
 impl Drop for StreamBody {
     fn drop(&mut self) {
         self.registry.unsubscribe(&self.connection);
+    }
+}
+
+/// Whether the caller (its grant, or the anonymous list) may read `topic`
+/// (whole, or `key`).
+pub fn may_read(
+    auth: &Auth,
+    grant: Option<&Grant>,
+    topic: &str,
+    key: Option<&str>,
+) -> Result<(), ApiError> {
+    if auth.anonymous_may_subscribe(topic, key) {
+        return Ok(());
+    }
+    let shown = match key {
+        Some(k) => format!("{topic}/{k}"),
+        None => topic.to_owned(),
+    };
+    match grant {
+        None => Err(ApiError::Unauthorized(format!(
+            "`{shown}` needs a token (Authorization: Bearer, the {} cookie, or access_token=)",
+            auth.cookie_name()
+        ))),
+        Some(g) if !g.may_subscribe(topic, key) => Err(ApiError::Forbidden(format!(
+            "the token does not grant `{shown}`"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Whether the caller may see the operations views (the whole presence).
+pub fn may_operate(auth: &Auth, grant: Option<&Grant>) -> Result<(), ApiError> {
+    match grant {
+        Some(g) if g.may_operate() => Ok(()),
+        Some(_) => Err(ApiError::Forbidden(
+            "the whole cluster view needs a token with \"ops\": true".into(),
+        )),
+        None => Err(ApiError::Unauthorized(format!(
+            "the whole cluster view needs a token with \"ops\": true (Authorization: Bearer, the {} cookie, or access_token=)",
+            auth.cookie_name()
+        ))),
     }
 }
 

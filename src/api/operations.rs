@@ -51,6 +51,7 @@ pub struct Operations {
     pub embedded: bool,
     pub decoder: Arc<Decoder>,
     pub filters: Arc<Filters>,
+    pub presence: Option<Arc<crate::presence::Presence>>,
 }
 
 impl Operations {
@@ -86,6 +87,51 @@ impl Operations {
                 "the operations views need a token with \"ops\": true, or the operations listener (--ops-listen)".into(),
             )),
         }
+    }
+
+    /// `GET /v1/presence?topic=S` (authorised like a subscription to `S`),
+    /// or without `topic` the whole view (the operations grant).
+    ///
+    /// `trusted`: asked on the operations listener, which needs no token.
+    pub fn presence(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+        trusted: bool,
+    ) -> Result<Response<HttpBody>, ApiError> {
+        let Some(presence) = &self.presence else {
+            return Err(ApiError::NotFound(
+                "presence: it is off on this node (--presence-topic)".into(),
+            ));
+        };
+        let asked = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .find(|(k, _)| k == "topic")
+            .map(|(_, v)| v.into_owned());
+        let grant = if trusted {
+            Some(crate::auth::Grant::open())
+        } else {
+            self.auth.grant(headers, query)?
+        };
+        let body = match asked {
+            Some(text) => {
+                let s = crate::subscribe::request::selector(
+                    &text,
+                    crate::subscribe::SelectorLimits::default(),
+                )
+                .map_err(|e| ApiError::BadRequest(e.0))?;
+                super::events::may_read(&self.auth, grant.as_ref(), &s.topic, s.key.as_deref())?;
+                let name = match &s.key {
+                    Some(k) => format!("{}/{k}", s.topic),
+                    None => s.topic.clone(),
+                };
+                presence.of(&name)
+            }
+            None => {
+                super::events::may_operate(&self.auth, grant.as_ref())?;
+                presence.all()
+            }
+        };
+        Ok(json(StatusCode::OK, body.to_string()))
     }
 
     fn readiness(&self) -> Response<HttpBody> {

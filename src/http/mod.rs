@@ -34,6 +34,24 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 const PAGE: &str = include_str!("../page/index.html");
+/// The built-in page; with `demo_topic`, it opens on that topic.
+pub fn page(demo_topic: Option<&str>) -> Bytes {
+    match demo_topic {
+        None => Bytes::from_static(PAGE.as_bytes()),
+        Some(topic) => {
+            // A topic name is [a-zA-Z0-9._-]: nothing to escape in an attribute.
+            let safe: String = topic
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                .collect();
+            Bytes::from(PAGE.replace(
+                r#"<meta name="herald-demo-topic" content="">"#,
+                &format!(r#"<meta name="herald-demo-topic" content="{safe}">"#),
+            ))
+        }
+    }
+}
+
 /// The table-topics example: a price board kept by snapshot-then-live.
 const PRICE_BOARD: &str = include_str!("../page/price-board.html");
 const LISTEN_BACKLOG: u32 = 4096;
@@ -53,6 +71,8 @@ pub struct EdgeLimits {
 
 /// Everything the edge hands requests to.
 pub struct Edge {
+    /// The built-in page, with the node's demo topic filled in.
+    pub page: Bytes,
     pub events: Events,
     pub publisher: Publisher,
     pub operations: Operations,
@@ -244,6 +264,7 @@ enum Route {
     Events,
     /// `/v1/topics/{topic}`
     Publish,
+    Presence,
     View(View),
 }
 
@@ -258,6 +279,7 @@ const ROUTES: &[(&str, bool, &[Method], Route)] = &[
     ),
     ("/v1/events", false, &[Method::GET], Route::Events),
     ("/v1/topics/", true, &[Method::POST], Route::Publish),
+    ("/v1/presence", false, &[Method::GET], Route::Presence),
     ("/healthz", false, &[Method::GET], Route::View(View::Health)),
     ("/readyz", false, &[Method::GET], Route::View(View::Ready)),
     (
@@ -335,7 +357,7 @@ async fn handle(
         Err(why) => misrouted(&edge.metrics, &req, why),
         Ok(Route::Page) => respond(
             Response::builder().header(header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            Full::new(Bytes::from_static(PAGE.as_bytes())).boxed(),
+            Full::new(edge.page.clone()).boxed(),
         ),
         Ok(Route::PriceBoard) => respond(
             Response::builder().header(header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -368,6 +390,15 @@ async fn handle(
                 Err(e) => error(&edge.metrics, &e),
             }
         }
+        Ok(Route::Presence) => {
+            match edge
+                .operations
+                .presence(req.headers(), req.uri().query(), false)
+            {
+                Ok(r) => r,
+                Err(e) => error(&edge.metrics, &e),
+            }
+        }
         Ok(Route::View(view)) if view.is_private() => {
             match edge.operations.authorize(req.headers(), req.uri().query()) {
                 Ok(()) => edge.operations.view(view),
@@ -386,6 +417,10 @@ async fn handle(
 fn operations_only(edge: &Edge, req: &Request<Incoming>) -> Response<HttpBody> {
     match routed(req) {
         Ok(Route::View(view)) => edge.operations.view(view),
+        Ok(Route::Presence) => edge
+            .operations
+            .presence(req.headers(), req.uri().query(), true)
+            .unwrap_or_else(|e| error(&edge.metrics, &e)),
         Ok(_) => misrouted(&edge.metrics, req, Misroute::NotFound),
         Err(why) => misrouted(&edge.metrics, req, why),
     }

@@ -53,8 +53,10 @@ pub struct ShapeSpec {
 pub use subscriber::{Connection, Subscriber};
 
 /// How one stream (not its shape) wants its records.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct StreamOptions {
+    /// Who holds it (the token's `sub`), for presence.
+    pub user: Option<Arc<str>>,
     /// Starts with a snapshot: no id-only events until its mark.
     pub snapshot: bool,
     /// Merge queued records to the newest per key; `Some(Some(n))`: and at
@@ -134,6 +136,12 @@ impl Registry {
         }
     }
 
+    /// Pins a partition for the node's own use (the presence topic) for as
+    /// long as the node runs.
+    pub fn pin_forever(&self, topic: &Arc<str>, partition: i32) -> Arc<PartitionLog> {
+        self.pin(topic, partition)
+    }
+
     /// Registers a connection subscribed to `slots` (topic, partition,
     /// filter, in cursor order) under the shape named by `canonical`, shared
     /// with every other connection of that shape. Every slot's partition is
@@ -149,6 +157,7 @@ impl Registry {
         peer: SocketAddr,
         options: StreamOptions,
     ) -> Arc<Subscriber> {
+        let user = options.user.clone();
         let logs: Vec<Arc<PartitionLog>> = spec
             .slots
             .iter()
@@ -156,7 +165,7 @@ impl Registry {
             .collect();
         let shape = self.shape(spec, &logs);
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let connection = Arc::new(Connection::new(id, self.queue_bytes, peer));
+        let connection = Arc::new(Connection::new(id, self.queue_bytes, peer, user));
         if let Some(rate) = options.conflate {
             connection
                 .queue

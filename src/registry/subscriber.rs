@@ -51,6 +51,8 @@ pub struct Connection {
     pub queue: ConnectionQueue,
     pub peer: SocketAddr,
     pub opened: Instant,
+    /// The token's `sub`, if the stream came with one.
+    user: Option<Arc<str>>,
     /// Its subscription. Taken when the stream ends: the subscriber holds
     /// the connection too, and the pair would otherwise keep each other
     /// (and their shape, queue and filters) alive forever.
@@ -62,15 +64,25 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub(super) fn new(id: u64, queue_bytes: usize, peer: SocketAddr) -> Connection {
+    pub(super) fn new(
+        id: u64,
+        queue_bytes: usize,
+        peer: SocketAddr,
+        user: Option<Arc<str>>,
+    ) -> Connection {
         Connection {
             id,
             queue: ConnectionQueue::new(queue_bytes),
             peer,
             opened: Instant::now(),
+            user,
             subscriber: Mutex::new(None),
             transport: OnceLock::new(),
         }
+    }
+
+    pub fn user(&self) -> Option<&Arc<str>> {
+        self.user.as_ref()
     }
 
     pub fn subscriber(&self) -> Option<Arc<Subscriber>> {

@@ -422,6 +422,23 @@ impl Registry {
         before - t.entries.len()
     }
 
+    /// Whether `log`'s table is ready.
+    pub fn table_is_ready(&self, log: &PartitionLog) -> bool {
+        log.lock()
+            .table
+            .as_ref()
+            .is_some_and(|t| t.status == TableStatus::Ready)
+    }
+
+    /// The records of `log`'s table (empty unless ready).
+    pub fn table_records(&self, log: &PartitionLog) -> Vec<Arc<Encoded>> {
+        let inner = log.lock();
+        match inner.table.as_ref() {
+            Some(t) if t.status == TableStatus::Ready => t.entries.values().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Every started table partition, for the pruning sweep.
     pub fn table_logs(&self) -> Vec<Arc<PartitionLog>> {
         self.partitions

@@ -132,10 +132,12 @@ impl Subscriptions {
         let view = self.view(&request)?;
         self.check_tables(&request)?;
         let conflate = (request.conflate || request.max_rate.is_some()).then_some(request.max_rate);
+        let user = request.user.clone();
         let (plan, from) = self.plan(request).await?;
         let options = StreamOptions {
             snapshot: matches!(from, From::Snapshot),
             conflate,
+            user: user.map(|u| Arc::from(u.as_str())),
         };
         let sub = self.registry.subscribe_with(
             ShapeSpec {

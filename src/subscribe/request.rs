@@ -47,6 +47,13 @@ pub struct SubscribeRequest {
     pub conflate: bool,
     /// `max-rate=N`: at most N events a second, merged per key.
     pub max_rate: Option<u32>,
+    /// `presence=T` or `presence=T/KEY`: a stream of that selector's
+    /// presence instead of records (rewritten onto the presence topic).
+    pub presence: Option<Selector>,
+    /// `cluster=true`: a stream of every node's heartbeats.
+    pub cluster: bool,
+    /// The token's `sub`, set after the token is checked.
+    pub user: Option<String>,
 }
 
 /// The largest `max-rate=` a stream may ask for.
@@ -98,6 +105,7 @@ pub fn parse_request(
     let mut format = Format::Plain;
     let (mut filter, mut fields) = (None, None);
     let (mut snapshot, mut conflate, mut max_rate) = (false, false, None);
+    let (mut presence, mut cluster) = (None, false);
     for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match &*name {
             "topic" => selectors.push(selector(&value, limits)?),
@@ -110,10 +118,18 @@ pub fn parse_request(
             "snapshot" => snapshot = parse_flag("snapshot", &value)?,
             "conflate" => conflate = parse_flag("conflate", &value)?,
             "max-rate" => max_rate = Some(parse_rate(&value)?),
+            "presence" => presence = Some(selector(&value, limits)?),
+            "cluster" => cluster = parse_flag("cluster", &value)?,
             _ => {} // cache busters and polyfill parameters
         }
     }
-    if selectors.is_empty() {
+    if presence.is_some() || cluster {
+        if !selectors.is_empty() || (presence.is_some() && cluster) {
+            return Err(BadRequest(
+                "presence= and cluster= are streams of their own: no topic= beside them, and one of the two".into(),
+            ));
+        }
+    } else if selectors.is_empty() {
         return Err(BadRequest(
             "no selector: add topic=<topic> or topic=<topic>/<key>".into(),
         ));
@@ -151,6 +167,9 @@ pub fn parse_request(
         snapshot,
         conflate,
         max_rate,
+        presence,
+        cluster,
+        user: None,
     })
 }
 
@@ -174,7 +193,7 @@ fn parse_rate(value: &str) -> Result<u32, BadRequest> {
 }
 
 /// `T` or `T/KEY`.
-fn selector(value: &str, limits: SelectorLimits) -> Result<Selector, BadRequest> {
+pub fn selector(value: &str, limits: SelectorLimits) -> Result<Selector, BadRequest> {
     let (topic, key) = match value.split_once('/') {
         Some((t, k)) => (t, Some(k)),
         None => (value, None),

@@ -7,7 +7,7 @@
 //   EXPECTED_JSON  the value of one record, as herald must deliver it
 // Prints one JSON line; exits 0 on success, 1 on failure.
 
-import { launch } from './chromium.mjs';
+import { runTest } from './chromium.mjs';
 
 const [baseArg, topic, expectedText, schemaId, subject] = process.argv.slice(2);
 const base = (baseArg || '').replace(/\/+$/, '');
@@ -20,11 +20,8 @@ const canon = (v) => Array.isArray(v) ? v.map(canon)
   : v;
 const same = (a, b) => JSON.stringify(canon(a)) === JSON.stringify(canon(b));
 
-let browser;
-let exitCode = 1;
-try {
+await runTest(result, async (browser) => {
   const expected = JSON.parse(expectedText);
-  browser = await launch();
   const page = await (await browser.newContext()).newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
@@ -55,12 +52,4 @@ try {
   if (!undecodable.data.includes('not in the registry')) throw new Error(`undecodable row without its reason: ${undecodable.data}`);
   if (errors.length) throw new Error(`JavaScript errors on the page: ${errors.join(' | ')}`);
   result.meta = found.meta;
-  result.ok = true;
-  exitCode = 0;
-} catch (e) {
-  result.error = `${e.name}: ${e.message}`;
-} finally {
-  if (browser) await browser.close().catch(() => {});
-}
-console.log(JSON.stringify(result));
-process.exit(exitCode);
+});

@@ -6,18 +6,15 @@
 // The script then publishes changes through herald's HTTP endpoint and waits
 // for the board to show them. Prints one JSON line; exits 0 on success.
 
-import { launch } from './chromium.mjs';
+import { runTest } from './chromium.mjs';
 
 const [baseArg, topic, expectedText] = process.argv.slice(2);
 const base = (baseArg || '').replace(/\/+$/, '');
 const DEADLINE_MS = 20_000;
 const result = { test: 'price_board', topic, ok: false };
 
-let browser;
-let exitCode = 1;
-try {
+await runTest(result, async (browser) => {
   const expected = JSON.parse(expectedText);
-  browser = await launch();
   const page = await (await browser.newContext()).newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
@@ -52,12 +49,4 @@ try {
   if (!status.startsWith('live')) throw new Error(`status: ${status}`);
   if (errors.length) throw new Error(`JavaScript errors on the page: ${errors.join(' | ')}`);
   result.keys = Object.keys(now).length;
-  result.ok = true;
-  exitCode = 0;
-} catch (e) {
-  result.error = `${e.name}: ${e.message}`;
-} finally {
-  if (browser) await browser.close().catch(() => {});
-}
-console.log(JSON.stringify(result));
-process.exit(exitCode);
+});

@@ -56,6 +56,15 @@ pub fn config() -> Config {
     let mut c = Config::for_listen("127.0.0.1:0".parse().expect("address"));
     c.heartbeat = Duration::from_secs(15);
     c.drain_window = Duration::from_millis(500);
+    // Presence reads and writes a topic of its own; tests of presence turn
+    // it on (`with_presence`), the others count partitions without it.
+    c.presence_topic = String::new();
+    c
+}
+
+/// [`config`] with presence on (`herald.presence`).
+pub fn with_presence(mut c: Config) -> Config {
+    c.presence_topic = "herald.presence".into();
     c
 }
 
@@ -624,6 +633,11 @@ impl MockKafka {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let cluster = rdkafka::mocking::MockCluster::new(3).expect("mock cluster");
+            // Nodes create their presence topic when missing, but the mock
+            // takes no CreateTopics from clients: it exists from the start.
+            if let Err(e) = cluster.create_topic("herald.presence", 8, 3) {
+                eprintln!("mock cluster: presence topic: {e}");
+            }
             let _ = ready_tx.send(cluster.bootstrap_servers());
             for command in rx {
                 let result = match command {

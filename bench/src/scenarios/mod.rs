@@ -8,6 +8,7 @@
 //! found a problem; main.rs exits non-zero on that. Keys of that JSON are
 //! an interface: rename none without changing the report script.
 
+mod churn;
 mod cursor;
 mod decode;
 mod flows;
@@ -16,6 +17,7 @@ mod resume;
 mod smoke;
 mod tables;
 
+pub use churn::churn_scenario;
 pub use cursor::cursor_sizes;
 pub use decode::decode;
 pub use flows::{broadcast, filters, keyed, latency};
