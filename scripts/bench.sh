@@ -3,7 +3,7 @@
 # libnginx-mod-nchan, bench/nchan.conf) and the speed-of-light writer
 # (herald-baseline), alternating servers within each round, then rewrites
 # BENCHMARKS.md and docs/bench/*.svg from the results (scripts/bench-report.py).
-# About 13 minutes on the project's 2-core machines (3 rounds).
+# About 15 minutes on the project's 2-core machines (3 rounds).
 #
 # Usage: scripts/bench.sh [--smoke] [--runs N] [--no-stretch] [--no-report] [--out DIR]
 #   --smoke       a few hundred connections for a few seconds against one
@@ -139,6 +139,11 @@ run "resume-kafka-herald-10000-r1" resume --server herald --clients 10000 --behi
 # 5 s (one run, to show what they cost the p99).
 run "keyed-noidleid-herald-15000-r1" keyed --server herald --clients 15000 --rate 5000 --seconds 4 \
   --herald-arg=--idle-id-interval=1h
+# Presence under churn (one run, three alone/churning pairs inside): the
+# light load alone and beside 10,000 streams replaced at 500 a second.
+run "presence-churn-herald-r1" presence-churn --partitions 8 --herald-arg=--heartbeat=1s
+run "presence-churn-off-herald-r1" presence-churn --partitions 8 --herald-arg=--heartbeat=1s \
+  --herald-arg=--presence-topic=
 # Filters at the edges (one run each): 10,000 records/s over 1,000 filters,
 # and 10,000 distinct filters (one client each).
 run "filters-1000x10k-herald-10000-r1" filters --clients 10000 --filters 1000 --rate 10000 --seconds 3

@@ -278,15 +278,37 @@ impl Presence {
     }
 
     /// What this node holds now, by selector (the presence topic's own
-    /// streams not counted).
+    /// streams not counted). Streams of one shape share their selectors:
+    /// they are worked out once per shape, not per stream.
     fn holding(&self) -> HashMap<String, Held> {
-        let mut out: HashMap<String, Held> = HashMap::new();
+        struct PerShape {
+            shape: Arc<crate::registry::Shape>,
+            streams: usize,
+            users: BTreeSet<String>,
+        }
+        let mut shapes: HashMap<usize, PerShape> = HashMap::new();
         for connection in self.registry.connections() {
             let Some(sub) = connection.subscriber() else {
                 continue;
             };
+            let entry = shapes
+                .entry(Arc::as_ptr(&sub.shape) as usize)
+                .or_insert_with(|| PerShape {
+                    shape: sub.shape.clone(),
+                    streams: 0,
+                    users: BTreeSet::new(),
+                });
+            entry.streams += 1;
+            if self.config.users {
+                if let Some(u) = connection.user() {
+                    entry.users.insert(u.to_string());
+                }
+            }
+        }
+        let mut out: HashMap<String, Held> = HashMap::new();
+        for per in shapes.into_values() {
             let mut selectors: BTreeSet<String> = BTreeSet::new();
-            for slot in sub.shape.slots.iter() {
+            for slot in per.shape.slots.iter() {
                 if *slot.log.topic == *self.config.topic {
                     continue;
                 }
@@ -307,12 +329,8 @@ impl Presence {
             }
             for s in selectors {
                 let held = out.entry(s).or_default();
-                held.streams += 1;
-                if self.config.users {
-                    if let Some(u) = connection.user() {
-                        held.users.insert(u.to_string());
-                    }
-                }
+                held.streams += per.streams;
+                held.users.extend(per.users.iter().cloned());
             }
         }
         out
@@ -340,6 +358,10 @@ impl Presence {
         let mut tick = tokio::time::interval(TICK);
         let mut last_beat: Option<Instant> = None;
         let mut cleaned_self = false;
+        // The registry's change count last looked at, and whether a write
+        // was put off (debounced) and is still due.
+        let mut seen = u64::MAX;
+        let mut due = false;
         let mut delivered_before = self.metrics.events_delivered.get();
         let mut delivered_at = Instant::now();
         let mut rate = 0.0f64;
@@ -387,6 +409,13 @@ impl Presence {
                     }
                 }
             }
+            // Only when a stream came or went, or a write is still due.
+            let generation = self.registry.changes();
+            if generation == seen && !due {
+                continue;
+            }
+            seen = generation;
+            due = false;
             let now = self.holding();
             let mut selectors: BTreeSet<String> = written.keys().cloned().collect();
             selectors.extend(now.keys().cloned());
@@ -395,15 +424,22 @@ impl Presence {
                 match written.get(&s) {
                     Some(w) if w.held == held => {
                         // Nobody left for a while: the entry goes.
-                        if held.streams == 0 && w.at.elapsed() >= DEBOUNCE {
-                            let key = selector_key(&s, &self.node);
-                            self.send(&key, partition_of(&s, self.partitions()), None);
-                            written.remove(&s);
+                        if held.streams == 0 {
+                            if w.at.elapsed() >= DEBOUNCE {
+                                let key = selector_key(&s, &self.node);
+                                self.send(&key, partition_of(&s, self.partitions()), None);
+                                written.remove(&s);
+                            } else {
+                                due = true;
+                            }
                         }
                         continue;
                     }
                     // Written less than a second ago: next time.
-                    Some(w) if w.at.elapsed() < DEBOUNCE => continue,
+                    Some(w) if w.at.elapsed() < DEBOUNCE => {
+                        due = true;
+                        continue;
+                    }
                     None if held.streams == 0 => continue,
                     _ => {}
                 }
@@ -456,11 +492,10 @@ impl Presence {
     fn heartbeat(&self, deliveries_per_s: f64) {
         let partitions: Vec<String> = self
             .registry
-            .snapshot()
-            .partitions
-            .iter()
-            .filter(|p| p.assigned && p.topic != self.config.topic)
-            .map(|p| format!("{}/{}", p.topic, p.partition))
+            .started_partitions()
+            .into_iter()
+            .filter(|(topic, _)| **topic != *self.config.topic)
+            .map(|(topic, p)| format!("{topic}/{p}"))
             .collect();
         let value = json!({
             "node": self.node,

@@ -80,6 +80,8 @@ pub struct Registry {
     shapes: DashMap<String, Weak<Shape>>,
     connections: DashMap<u64, Arc<Connection>>,
     next_connection: AtomicU64,
+    /// Bumped whenever a stream comes or goes (presence looks only then).
+    changes: AtomicU64,
     limits: ReplayBufferLimits,
     queue_bytes: usize,
     metrics: Arc<Metrics>,
@@ -99,10 +101,16 @@ impl Registry {
             shapes: DashMap::new(),
             connections: DashMap::new(),
             next_connection: AtomicU64::new(1),
+            changes: AtomicU64::new(0),
             limits,
             queue_bytes,
             metrics,
         }
+    }
+
+    /// A count that moves whenever a stream comes or goes.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     pub fn connection_count(&self) -> usize {
@@ -174,6 +182,7 @@ impl Registry {
         let subscriber = Arc::new(Subscriber::new(connection.clone(), shape, options));
         connection.set_subscriber(subscriber.clone());
         self.connections.insert(id, connection);
+        self.changes.fetch_add(1, Ordering::AcqRel);
         self.metrics.connections.inc();
         for topic in subscriber.shape.topics.iter() {
             self.metrics.subscriptions.with_label_values(&[topic]).inc();
@@ -276,6 +285,7 @@ impl Registry {
         if self.connections.remove(&connection.id).is_none() {
             return;
         }
+        self.changes.fetch_add(1, Ordering::AcqRel);
         self.metrics.connections.dec();
         let Some(sub) = connection.take_subscriber() else {
             return;

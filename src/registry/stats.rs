@@ -27,6 +27,19 @@ pub struct PartitionSnapshot {
 }
 
 impl Registry {
+    /// The partitions this node reads, sorted (without looking at streams).
+    pub fn started_partitions(&self) -> Vec<(Arc<str>, i32)> {
+        let logs: Vec<Arc<PartitionLog>> =
+            self.partitions.iter().map(|e| e.value().clone()).collect();
+        let mut out: Vec<(Arc<str>, i32)> = logs
+            .into_iter()
+            .filter(|l| l.is_started())
+            .map(|l| (l.topic.clone(), l.partition))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Per-topic, per-key and per-partition counts.
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = Snapshot::default();
