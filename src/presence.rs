@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::registry::{Filter, PartitionLog, Registry};
+use crate::registry::{PartitionLog, Registry};
 
 /// How often the node looks at its streams for changes.
 const TICK: Duration = Duration::from_millis(200);
@@ -278,62 +278,25 @@ impl Presence {
     }
 
     /// What this node holds now, by selector (the presence topic's own
-    /// streams not counted). Streams of one shape share their selectors:
-    /// they are worked out once per shape, not per stream.
+    /// streams not counted), from the registry's running counts.
     fn holding(&self) -> HashMap<String, Held> {
-        struct PerShape {
-            shape: Arc<crate::registry::Shape>,
-            streams: usize,
-            users: BTreeSet<String>,
-        }
-        let mut shapes: HashMap<usize, PerShape> = HashMap::new();
-        for connection in self.registry.connections() {
-            let Some(sub) = connection.subscriber() else {
-                continue;
-            };
-            let entry = shapes
-                .entry(Arc::as_ptr(&sub.shape) as usize)
-                .or_insert_with(|| PerShape {
-                    shape: sub.shape.clone(),
-                    streams: 0,
-                    users: BTreeSet::new(),
-                });
-            entry.streams += 1;
-            if self.config.users {
-                if let Some(u) = connection.user() {
-                    entry.users.insert(u.to_string());
-                }
-            }
-        }
-        let mut out: HashMap<String, Held> = HashMap::new();
-        for per in shapes.into_values() {
-            let mut selectors: BTreeSet<String> = BTreeSet::new();
-            for slot in per.shape.slots.iter() {
-                if *slot.log.topic == *self.config.topic {
-                    continue;
-                }
-                match &slot.filter {
-                    Filter::Whole => {
-                        selectors.insert(slot.log.topic.to_string());
-                    }
-                    Filter::Keys(keys) => {
-                        for k in keys {
-                            selectors.insert(format!(
-                                "{}/{}",
-                                slot.log.topic,
-                                String::from_utf8_lossy(k)
-                            ));
-                        }
-                    }
-                }
-            }
-            for s in selectors {
-                let held = out.entry(s).or_default();
-                held.streams += per.streams;
-                held.users.extend(per.users.iter().cloned());
-            }
-        }
-        out
+        let own = self.config.topic.as_str();
+        self.registry
+            .held()
+            .into_iter()
+            .filter(|(s, _, _)| {
+                let topic = s.split_once('/').map_or(&**s, |(t, _)| t);
+                topic != own
+            })
+            .map(|(s, streams, users)| {
+                let users = if self.config.users {
+                    users.iter().map(|u| u.to_string()).collect()
+                } else {
+                    BTreeSet::new()
+                };
+                (s.to_string(), Held { streams, users })
+            })
+            .collect()
     }
 
     fn send(&self, key: &str, partition: i32, value: Option<&Value>) {

@@ -33,6 +33,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
+use std::collections::HashMap;
+
 use dashmap::DashMap;
 
 pub use fanout::FanoutBatch;
@@ -51,6 +53,13 @@ pub struct ShapeSpec {
     pub view: crate::filters::View,
 }
 pub use subscriber::{Connection, Subscriber};
+
+/// A selector's streams on this node, and the users among them.
+#[derive(Debug, Default)]
+struct Held {
+    streams: usize,
+    users: HashMap<Arc<str>, usize>,
+}
 
 /// How one stream (not its shape) wants its records.
 #[derive(Debug, Clone, Default)]
@@ -82,6 +91,9 @@ pub struct Registry {
     next_connection: AtomicU64,
     /// Bumped whenever a stream comes or goes (presence looks only then).
     changes: AtomicU64,
+    /// Streams (and their users) per selector, kept as streams come and go:
+    /// presence reads this, never the streams themselves.
+    held: parking_lot::Mutex<HashMap<Arc<str>, Held>>,
     limits: ReplayBufferLimits,
     queue_bytes: usize,
     metrics: Arc<Metrics>,
@@ -102,10 +114,47 @@ impl Registry {
             connections: DashMap::new(),
             next_connection: AtomicU64::new(1),
             changes: AtomicU64::new(0),
+            held: parking_lot::Mutex::new(HashMap::new()),
             limits,
             queue_bytes,
             metrics,
         }
+    }
+
+    /// Counts a stream in (or out of) its selectors.
+    fn hold(&self, selectors: &[Arc<str>], user: Option<&Arc<str>>, joins: bool) {
+        let mut held = self.held.lock();
+        for s in selectors {
+            let entry = held.entry(s.clone()).or_default();
+            if joins {
+                entry.streams += 1;
+                if let Some(u) = user {
+                    *entry.users.entry(u.clone()).or_default() += 1;
+                }
+            } else {
+                entry.streams = entry.streams.saturating_sub(1);
+                if let Some(u) = user {
+                    if let Some(n) = entry.users.get_mut(u) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            entry.users.remove(u);
+                        }
+                    }
+                }
+                if entry.streams == 0 {
+                    held.remove(s);
+                }
+            }
+        }
+    }
+
+    /// Streams and users per selector on this node.
+    pub fn held(&self) -> Vec<(Arc<str>, usize, Vec<Arc<str>>)> {
+        self.held
+            .lock()
+            .iter()
+            .map(|(s, h)| (s.clone(), h.streams, h.users.keys().cloned().collect()))
+            .collect()
     }
 
     /// A count that moves whenever a stream comes or goes.
@@ -181,6 +230,11 @@ impl Registry {
         }
         let subscriber = Arc::new(Subscriber::new(connection.clone(), shape, options));
         connection.set_subscriber(subscriber.clone());
+        self.hold(
+            &subscriber.shape.selectors,
+            subscriber.connection.user(),
+            true,
+        );
         self.connections.insert(id, connection);
         self.changes.fetch_add(1, Ordering::AcqRel);
         self.metrics.connections.inc();
@@ -212,20 +266,23 @@ impl Registry {
         }
         let mut topics: Vec<Arc<str>> = slots.iter().map(|s| s.0.clone()).collect();
         topics.dedup();
+        let slots: Box<[Slot]> = slots
+            .iter()
+            .zip(logs)
+            .map(|((_, _, filter), log)| Slot {
+                log: log.clone(),
+                filter: filter.clone(),
+            })
+            .collect();
+        let selectors = shape::selectors_of(&slots);
         let shape = Arc::new(Shape {
             canonical: canonical.clone(),
             fingerprint,
             format,
-            slots: slots
-                .iter()
-                .zip(logs)
-                .map(|((_, _, filter), log)| Slot {
-                    log: log.clone(),
-                    filter: filter.clone(),
-                })
-                .collect(),
+            slots,
             topics: topics.into(),
             view,
+            selectors,
         });
         self.shapes.insert(canonical, Arc::downgrade(&shape));
         shape
@@ -291,6 +348,7 @@ impl Registry {
             return;
         };
         sub.closed.store(true, Ordering::Release);
+        self.hold(&sub.shape.selectors, connection.user(), false);
         for topic in sub.shape.topics.iter() {
             self.metrics.subscriptions.with_label_values(&[topic]).dec();
         }

@@ -49,6 +49,26 @@ pub struct Shape {
     pub topics: Box<[Arc<str>]>,
     /// Its filters (`where=`, a token's claim) and projection (`fields=`).
     pub view: View,
+    /// The selectors it reads (`T`, `T/KEY`), once each, for presence.
+    pub selectors: Box<[Arc<str>]>,
+}
+
+/// The selectors `slots` read: each whole topic once, and each key.
+pub(super) fn selectors_of(slots: &[Slot]) -> Box<[Arc<str>]> {
+    let mut out: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for slot in slots {
+        match &slot.filter {
+            Filter::Whole => {
+                out.insert(slot.log.topic.to_string());
+            }
+            Filter::Keys(keys) => {
+                for k in keys {
+                    out.insert(format!("{}/{}", slot.log.topic, String::from_utf8_lossy(k)));
+                }
+            }
+        }
+    }
+    out.into_iter().map(Arc::from).collect()
 }
 
 impl Shape {
