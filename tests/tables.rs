@@ -359,7 +359,15 @@ async fn snapshots_under_churn(bootstrap: &str, addr: std::net::SocketAddr, topi
             .sum::<i64>()
     };
     let mut first = open(addr, &path, None).await;
-    let first_view = read_snapshot(&mut first).await;
+    let mut first_view = read_snapshot(&mut first).await;
+    // The first client also drops its stream mid-churn, after a few hundred
+    // live records, and resumes with its last id: its view must stay exact
+    // across the resume.
+    read_live(&mut first, &mut first_view, &["never".to_owned()], 300).await;
+    let resume_at = first.last_id.clone().expect("an id to resume from");
+    drop(first);
+    let first = open(addr, &path, Some(&resume_at)).await;
+    assert_eq!(first.status, 200, "{}", first.body);
     let mut clients = vec![first];
     for _ in 0..5 {
         clients.push(open(addr, &path, None).await);
