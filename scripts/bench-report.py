@@ -838,6 +838,30 @@ def report(results, directory, seconds, nruns, charts_dir, md_path):
           "bytes (`herald_queued_bytes`) are the clients' own.")
         w("")
 
+    # ---------------------------------------------------------- floor
+    fl = runs(results, "floor-herald")
+    if fl:
+        d = fl[0]
+        rs = d.get("rounds", [])
+        col = lambda k: [r.get(k) for r in rs]
+        w("## Latency floor")
+        w("")
+        w(f"The light load ({human(d.get('clients'))} clients, one key each, {human(d.get('rate'))} records/s, "
+          f"embedded Kafka) and, on the very same records, a bare librdkafka consumer in the load "
+          f"generator with herald's fetch settings: the floor herald cannot beat "
+          f"(`herald-bench floor --partitions 8`, {len(rs)} rounds).")
+        w("")
+        w("| | p50 | p99 |")
+        w("|---|---:|---:|")
+        w(f"| bare consumer, produce → `poll` | {mmm(col('floor_p50_ms'), num, digits=2)} ms | {mmm(col('floor_p99_ms'), num, digits=2)} ms |")
+        w(f"| herald, produce → client | {mmm(col('herald_p50_ms'), num, digits=2)} ms | {mmm(col('herald_p99_ms'), num, digits=2)} ms |")
+        w(f"| herald's own share, consume → socket write (`herald_own_latency_seconds`, bucket upper bounds) | "
+          f"≤ {mmm(col('own_p50_ms_at_most'), num, digits=2)} ms | ≤ {mmm(col('own_p99_ms_at_most'), num, digits=2)} ms |")
+        w("")
+        w("The bare consumer shares the load generator's process and cores, so its p99 carries that "
+          "process's scheduling too; its p50 is the floor to compare with. Not yet measured on Tansu.")
+        w("")
+
     # ---------------------------------------------------------- presence
     pc = runs(results, "presence-churn-herald")
     if pc:

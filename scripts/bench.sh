@@ -139,6 +139,10 @@ run "resume-kafka-herald-10000-r1" resume --server herald --clients 10000 --behi
 # 5 s (one run, to show what they cost the p99).
 run "keyed-noidleid-herald-15000-r1" keyed --server herald --clients 15000 --rate 5000 --seconds 4 \
   --herald-arg=--idle-id-interval=1h
+# Kafka's latency floor: a bare librdkafka consumer on the light load's own
+# records, beside herald's produce→client and its own share (one run, three
+# pairs inside).
+run "floor-herald-r1" floor --partitions 8
 # Presence under churn (one run, three alone/churning pairs inside): the
 # light load alone and beside 10,000 streams replaced at 500 a second.
 run "presence-churn-herald-r1" presence-churn --partitions 8 --herald-arg=--heartbeat=1s

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub slow_disconnects: IntCounter,
     pub stalled_disconnects: IntCounter,
     pub delivery_latency: Histogram,
+    pub own_latency: Histogram,
     pub partition_lag: IntGaugeVec,
     pub replay_buffer_hits: IntCounter,
     pub catchup_reads: IntCounter,
@@ -91,6 +92,20 @@ impl Metrics {
             ]),
         )
         .expect("valid histogram");
+        let own_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "herald_own_latency_seconds",
+                "herald's own share: the node consuming a record to the socket write that carries it (oldest record of each write)",
+            )
+            .buckets(vec![
+                0.000_05, 0.000_1, 0.000_2, 0.000_3, 0.000_5, 0.000_75, 0.001, 0.001_5, 0.002,
+                0.003, 0.005, 0.007_5, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(own_latency.clone()))
+            .expect("metric registered once");
         registry
             .register(Box::new(delivery_latency.clone()))
             .expect("metric registered once");
@@ -133,6 +148,7 @@ impl Metrics {
                 "Streams closed because a write to the client took longer than the write timeout",
             ),
             delivery_latency,
+            own_latency,
             partition_lag: gauge_vec(
                 &registry,
                 "herald_partition_lag_records",

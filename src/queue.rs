@@ -23,6 +23,31 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, MutexGuard};
 
+/// When a queued record was made and taken from Kafka: for the latency
+/// figures of the write that sends it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stamp {
+    /// Kafka's timestamp (ms since the epoch).
+    pub kafka_ms: Option<i64>,
+    /// When this node consumed it.
+    pub consumed: Option<Instant>,
+}
+
+impl Stamp {
+    /// No record (herald's own signals).
+    pub const NONE: Stamp = Stamp {
+        kafka_ms: None,
+        consumed: None,
+    };
+
+    pub fn of(record: &crate::record::Record) -> Stamp {
+        Stamp {
+            kafka_ms: record.timestamp,
+            consumed: Some(record.consumed),
+        }
+    }
+}
+
 /// Why a stream ended on the server's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -48,8 +73,8 @@ pub struct ConnectionQueue {
 struct Inner {
     chunks: Vec<Bytes>,
     bytes: usize,
-    /// Kafka timestamp (ms) of the oldest record queued since the last write.
-    oldest: Option<i64>,
+    /// The oldest record queued since the last write.
+    oldest: Option<Stamp>,
     waker: Option<Waker>,
     end: Option<End>,
     /// When the writer took the frames it is still writing (None: it came back).
@@ -107,6 +132,8 @@ impl Inner {
 pub struct Drained {
     pub bytes: Bytes,
     pub oldest_record_ms: Option<i64>,
+    /// When the node consumed the oldest record in it.
+    pub oldest_consumed: Option<Instant>,
 }
 
 /// Wakers collected while filling queues; woken once the batch is done.
@@ -169,7 +196,7 @@ impl Locked<'_> {
         key: Option<&Bytes>,
         offset: i64,
         body: Bytes,
-        record_ms: Option<i64>,
+        stamp: Stamp,
         wakers: &mut Wakers,
     ) -> Pushed {
         let inner = &mut *self.guard;
@@ -179,7 +206,7 @@ impl Locked<'_> {
         let Some(c) = inner.conflator.as_mut() else {
             return Pushed::Ended;
         };
-        c.add(slot, key, offset, body, record_ms);
+        c.add(slot, key, offset, body, stamp);
         if inner.held() > self.limit {
             return inner.overflow(wakers);
         }
@@ -190,12 +217,7 @@ impl Locked<'_> {
     }
 
     /// Queues one frame made of `parts`.
-    pub fn push(
-        &mut self,
-        parts: &[&Bytes],
-        record_ms: Option<i64>,
-        wakers: &mut Wakers,
-    ) -> Pushed {
+    pub fn push(&mut self, parts: &[&Bytes], stamp: Stamp, wakers: &mut Wakers) -> Pushed {
         let inner = &mut *self.guard;
         if inner.end.is_some() {
             return Pushed::Ended;
@@ -207,8 +229,8 @@ impl Locked<'_> {
         }
         inner.chunks.extend(parts.iter().map(|p| (*p).clone()));
         inner.bytes += len;
-        if inner.oldest.is_none() {
-            inner.oldest = record_ms;
+        if inner.oldest.is_none() && (stamp.kafka_ms.is_some() || stamp.consumed.is_some()) {
+            inner.oldest = Some(stamp);
         }
         if let Some(w) = inner.waker.take() {
             wakers.0.push(w);
@@ -251,8 +273,8 @@ impl ConnectionQueue {
         }
     }
 
-    pub fn push(&self, parts: &[&Bytes], record_ms: Option<i64>, wakers: &mut Wakers) -> Pushed {
-        self.lock().push(parts, record_ms, wakers)
+    pub fn push(&self, parts: &[&Bytes], stamp: Stamp, wakers: &mut Wakers) -> Pushed {
+        self.lock().push(parts, stamp, wakers)
     }
 
     /// Ends the stream after what is queued plus `last` (e.g. a `retry:` hint).
@@ -378,7 +400,8 @@ impl ConnectionQueue {
             inner.taken_at = Some(Instant::now());
             return Poll::Ready(Some(Drained {
                 bytes,
-                oldest_record_ms: inner.oldest.take(),
+                oldest_record_ms: inner.oldest.and_then(|s| s.kafka_ms),
+                oldest_consumed: inner.oldest.take().and_then(|s| s.consumed),
             }));
         }
         if inner.end.is_some() {
@@ -410,8 +433,28 @@ mod tests {
         let mut w = Wakers::default();
         let a = Bytes::from_static(b"id: 1\n");
         let b = Bytes::from_static(b"data: x\n\n");
-        assert_eq!(q.push(&[&a, &b], Some(5), &mut w), Pushed::Queued);
-        assert_eq!(q.push(&[&a, &b], Some(9), &mut w), Pushed::Queued);
+        assert_eq!(
+            q.push(
+                &[&a, &b],
+                Stamp {
+                    kafka_ms: Some(5),
+                    consumed: None
+                },
+                &mut w
+            ),
+            Pushed::Queued
+        );
+        assert_eq!(
+            q.push(
+                &[&a, &b],
+                Stamp {
+                    kafka_ms: Some(9),
+                    consumed: None
+                },
+                &mut w
+            ),
+            Pushed::Queued
+        );
         match drain(&q) {
             Poll::Ready(Some(d)) => {
                 assert_eq!(&d.bytes[..], b"id: 1\ndata: x\n\nid: 1\ndata: x\n\n");
@@ -427,9 +470,9 @@ mod tests {
         let q = ConnectionQueue::new(10);
         let mut w = Wakers::default();
         let f = Bytes::from_static(b"123456");
-        assert_eq!(q.push(&[&f], None, &mut w), Pushed::Queued);
-        assert_eq!(q.push(&[&f], None, &mut w), Pushed::Overflowed);
-        assert_eq!(q.push(&[&f], None, &mut w), Pushed::Ended);
+        assert_eq!(q.push(&[&f], Stamp::NONE, &mut w), Pushed::Queued);
+        assert_eq!(q.push(&[&f], Stamp::NONE, &mut w), Pushed::Overflowed);
+        assert_eq!(q.push(&[&f], Stamp::NONE, &mut w), Pushed::Ended);
         assert_eq!(q.ended(), Some(End::Slow));
         assert!(matches!(drain(&q), Poll::Ready(None)));
     }
@@ -438,7 +481,7 @@ mod tests {
     fn a_writer_holding_frames_past_the_timeout_is_stalled_until_it_comes_back() {
         let q = ConnectionQueue::new(100);
         let mut w = Wakers::default();
-        q.push(&[&Bytes::from_static(b"x")], None, &mut w);
+        q.push(&[&Bytes::from_static(b"x")], Stamp::NONE, &mut w);
         let now = Instant::now();
         assert!(!q.is_stalled(now, Duration::ZERO), "nothing taken yet");
         assert!(matches!(drain(&q), Poll::Ready(Some(_))));
@@ -452,7 +495,7 @@ mod tests {
     fn a_killed_stream_drops_its_frames_and_ends_at_once() {
         let q = ConnectionQueue::new(100);
         let mut w = Wakers::default();
-        q.push(&[&Bytes::from_static(b"x")], None, &mut w);
+        q.push(&[&Bytes::from_static(b"x")], Stamp::NONE, &mut w);
         let mut cx = Context::from_waker(Waker::noop());
         assert!(q.poll_killed(&mut cx).is_pending());
         assert!(q.kill());
@@ -461,7 +504,7 @@ mod tests {
         assert_eq!(q.ended(), Some(End::Stalled));
         assert!(matches!(drain(&q), Poll::Ready(None)));
         assert_eq!(
-            q.push(&[&Bytes::from_static(b"y")], None, &mut w),
+            q.push(&[&Bytes::from_static(b"y")], Stamp::NONE, &mut w),
             Pushed::Ended
         );
     }

@@ -5,6 +5,7 @@
 //! How a record goes on the wire is [`crate::sse`]'s business.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -19,6 +20,9 @@ pub struct Record {
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
     pub headers: Vec<(String, Option<Bytes>)>,
+    /// When this node took it from librdkafka (for herald's own latency,
+    /// consume → socket write).
+    pub consumed: Instant,
 }
 
 impl Record {
@@ -40,6 +44,7 @@ impl Record {
             key: message.key().map(Bytes::copy_from_slice),
             value: message.payload().map(Bytes::copy_from_slice),
             headers,
+            consumed: Instant::now(),
         }
     }
 

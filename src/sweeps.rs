@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::queue::Wakers;
+use crate::queue::{Stamp, Wakers};
 use crate::registry::{Connection, Registry};
 use crate::sse;
 
@@ -32,7 +32,7 @@ pub async fn heartbeats(registry: Arc<Registry>, period: Duration, stop: Cancell
         let beat = Bytes::from_static(sse::HEARTBEAT);
         for connection in connections {
             if connection.queue.queued_bytes() == 0 {
-                connection.queue.push(&[&beat], None, wakers);
+                connection.queue.push(&[&beat], Stamp::NONE, wakers);
             }
         }
     })

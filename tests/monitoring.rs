@@ -26,6 +26,7 @@ const FAMILIES: &[&str] = &[
     "herald_bytes_delivered_total",
     "herald_slow_disconnects_total",
     "herald_delivery_latency_seconds",
+    "herald_own_latency_seconds",
     "herald_partition_lag_records",
     "herald_replay_buffer_hits_total",
     "herald_catchup_kafka_reads_total",
@@ -94,6 +95,8 @@ async fn busy_node() -> (Node, Vec<Stream>) {
             metric(&node, "herald_events_delivered_total").await >= 8.0
                 && metric(&node, "herald_http_rejections_total").await >= 1.0
                 && metric(&node, "herald_published_total").await >= 1.0
+                // Writes that carried records measured herald's own share.
+                && metric(&node, "herald_own_latency_seconds_count").await >= 1.0
                 // The ingest thread reports lag on its housekeeping tick.
                 && text.contains("herald_partition_lag_records{")
         },

@@ -92,6 +92,9 @@ enum Cmd {
     /// What decoding Avro, Protobuf and JSON Schema records costs per
     /// record on one core, against the plain path (no server).
     Decode(DecodeArgs),
+    /// Kafka's latency floor (a bare librdkafka consumer on the same records) beside herald's
+    /// produce→client and its own share (consume → socket write).
+    Floor(FloorArgs),
     /// The light load alone and beside streams churning (presence's cost).
     PresenceChurn(ChurnArgs),
     /// Table topics: a table built from Kafka (time, memory per key), many
@@ -273,14 +276,9 @@ struct FiltersArgs {
     keys_instead: bool,
 }
 
+/// The light load a comparison runs, in rounds.
 #[derive(Args, Clone)]
-struct ChurnArgs {
-    #[command(flatten)]
-    server: ServerArgs,
-    #[command(flatten)]
-    run: RunArgs,
-    #[command(flatten)]
-    flow: FlowArgs,
+struct LightRounds {
     /// Light-load clients, one key each.
     #[arg(long, default_value_t = 1000)]
     clients: usize,
@@ -290,6 +288,33 @@ struct ChurnArgs {
     /// Seconds each measurement lasts.
     #[arg(long, default_value_t = 4.0)]
     seconds: f64,
+    /// Rounds (each a pair of measurements).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+#[derive(Args, Clone)]
+struct FloorArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    flow: FlowArgs,
+    #[command(flatten)]
+    light: LightRounds,
+}
+
+#[derive(Args, Clone)]
+struct ChurnArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    flow: FlowArgs,
+    #[command(flatten)]
+    light: LightRounds,
     /// Streams the churn keeps open.
     #[arg(long, default_value_t = 10_000)]
     churn_streams: usize,
@@ -299,9 +324,6 @@ struct ChurnArgs {
     /// Selectors the churning streams spread over.
     #[arg(long, default_value_t = 10)]
     churn_selectors: usize,
-    /// Alone/churning pairs.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
 }
 
 #[derive(Args, Clone)]
@@ -465,6 +487,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Filters(a) => exit_on(scenarios::filters(a).await),
             Cmd::Tables(a) => exit_on(scenarios::tables(a).await),
             Cmd::PresenceChurn(a) => exit_on(scenarios::churn_scenario(a).await),
+            Cmd::Floor(a) => exit_on(scenarios::floor(a).await),
             Cmd::Keyed(a) => exit_on(scenarios::keyed(a, false).await),
             Cmd::Light(a) => exit_on(scenarios::keyed(a, true).await),
             Cmd::Latency(a) => exit_on(scenarios::latency(a).await),

@@ -258,6 +258,9 @@ impl Body for StreamBody {
                 this.metrics
                     .bytes_delivered
                     .inc_by(drained.bytes.len() as u64);
+                if let Some(at) = drained.oldest_consumed {
+                    this.metrics.own_latency.observe(at.elapsed().as_secs_f64());
+                }
                 if let Some(ts) = drained.oldest_record_ms {
                     let now = SystemTime::now()
                         .duration_since(UNIX_EPOCH)

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::Stamp;
+
 /// Writes a conflated stream's ids: its cursor, given for each slot the
 /// position to use instead of the live one (`pending(slot, live)`).
 pub trait CursorSource: Send + Sync {
@@ -31,7 +33,7 @@ pub trait CursorSource: Send + Sync {
 struct Entry {
     key: Option<Bytes>,
     body: Bytes,
-    timestamp: Option<i64>,
+    stamp: Stamp,
 }
 
 #[derive(Default)]
@@ -122,7 +124,7 @@ impl Conflator {
         key: Option<&Bytes>,
         offset: i64,
         body: Bytes,
-        timestamp: Option<i64>,
+        stamp: Stamp,
     ) {
         if self.slots.len() <= slot {
             self.slots.resize_with(slot + 1, SlotPending::default);
@@ -144,7 +146,7 @@ impl Conflator {
             Entry {
                 key: key.cloned(),
                 body,
-                timestamp,
+                stamp,
             },
         );
     }
@@ -169,9 +171,9 @@ impl Conflator {
     }
 
     /// Writes up to `max` pending records as events, oldest first within
-    /// each slot, taking slots in turn. Returns how many, and the Kafka
-    /// timestamp of the first.
-    pub fn render(&mut self, max: usize, out: &mut BytesMut) -> (usize, Option<i64>) {
+    /// each slot, taking slots in turn. Returns how many, and the stamp of
+    /// the first.
+    pub fn render(&mut self, max: usize, out: &mut BytesMut) -> (usize, Option<Stamp>) {
         let mut n = 0;
         let mut oldest = None;
         let slots = self.slots.len();
@@ -200,7 +202,7 @@ impl Conflator {
             });
             out.put_slice(&crate::sse::id_line(&cursor));
             out.put_slice(&entry.body);
-            oldest = oldest.or(entry.timestamp);
+            oldest = oldest.or(Some(entry.stamp));
             n += 1;
         }
         if let Some(r) = &mut self.rate {
@@ -252,28 +254,28 @@ mod tests {
             Some(&k("a")),
             5,
             Bytes::from_static(b"data: a5\n\n"),
-            None,
+            Stamp::NONE,
         );
         c.add(
             0,
             Some(&k("b")),
             6,
             Bytes::from_static(b"data: b6\n\n"),
-            None,
+            Stamp::NONE,
         );
         c.add(
             0,
             Some(&k("a")),
             8,
             Bytes::from_static(b"data: a8\n\n"),
-            None,
+            Stamp::NONE,
         );
         c.add(
             1,
             Some(&k("c")),
             3,
             Bytes::from_static(b"data: c3\n\n"),
-            None,
+            Stamp::NONE,
         );
         assert_eq!(c.merged, 1);
         let mut out = BytesMut::new();
@@ -295,7 +297,7 @@ mod tests {
                 Some(&k),
                 i as i64,
                 Bytes::from_static(b"data: x\n\n"),
-                None,
+                Stamp::NONE,
             );
         }
         let now = Instant::now();

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::partition::{PartitionLog, Status};
 use super::Registry;
-use crate::queue::{Pushed, Wakers};
+use crate::queue::{Pushed, Stamp, Wakers};
 use crate::sse::{self, Encoded};
 use crate::unique_hash::UniqueMap;
 
@@ -78,7 +78,7 @@ impl Registry {
                     record.match_key(),
                     offset,
                     sub.shape.body(&record),
-                    record.record.timestamp,
+                    Stamp::of(&record.record),
                     &mut batch.wakers,
                 );
                 if queue.merged() > merged {
@@ -88,7 +88,7 @@ impl Registry {
             } else if aligned {
                 sub.connection
                     .queue
-                    .push(&[event], record.record.timestamp, &mut batch.wakers)
+                    .push(&[event], Stamp::of(&record.record), &mut batch.wakers)
             } else {
                 let mut queue = sub.connection.queue.lock();
                 state.position.store(next, Ordering::Release);

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::{Connection, Registry, Subscriber};
-use crate::queue::{Pushed, Wakers};
+use crate::queue::{Pushed, Stamp, Wakers};
 use crate::sse;
 
 impl Registry {
@@ -58,7 +58,7 @@ impl Registry {
         }
         let id = sse::id_line(&cursor);
         let end = Bytes::from_static(sse::ID_ONLY_BODY);
-        queue.push(&[&id, &end], None, wakers) == Pushed::Queued
+        queue.push(&[&id, &end], Stamp::NONE, wakers) == Pushed::Queued
     }
 
     /// Tells the subscriber that `slot` jumps from `requested` to `resumed`
@@ -98,6 +98,6 @@ impl Registry {
                 "resumed": resumed,
             }),
         );
-        queue.push(&[&id, &body], None, wakers);
+        queue.push(&[&id, &body], Stamp::NONE, wakers);
     }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::shape::Shape;
 use super::StreamOptions;
 use crate::cursor::Cursor;
-use crate::queue::{ConnectionQueue, Locked, Pushed, Wakers};
+use crate::queue::{ConnectionQueue, Locked, Pushed, Stamp, Wakers};
 use crate::sse::{self, Encoded};
 
 pub(super) struct SlotState {
@@ -213,7 +213,7 @@ impl Subscriber {
         let id = sse::id_line(&self.own_cursor());
         queue.push(
             &[&id, &self.shape.body(record)],
-            record.record.timestamp,
+            Stamp::of(&record.record),
             wakers,
         )
     }

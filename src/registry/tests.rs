@@ -35,6 +35,7 @@ fn record(offset: i64, key: &'static str) -> Arc<Encoded> {
         key: Some(Bytes::from_static(key.as_bytes())),
         value: Some(Bytes::from(format!("{offset}"))),
         headers: Vec::new(),
+        consumed: std::time::Instant::now(),
     };
     Arc::new(Encoded::new(r, "event"))
 }

@@ -35,7 +35,7 @@ use crate::filters::{Check, Filters, View};
 use crate::formats::Decoder;
 use crate::ingest::Ingest;
 use crate::kafka::Kafka;
-use crate::queue::{End, Wakers};
+use crate::queue::{End, Stamp, Wakers};
 use crate::registry::{Join, Registry, ShapeSpec, SlotStart, StreamOptions, Subscriber};
 use crate::sse;
 
@@ -158,7 +158,7 @@ impl Subscriptions {
         let mut wakers = Wakers::default();
         sub.connection
             .queue
-            .push(&[&sse::retry(self.retry_ms)], None, &mut wakers);
+            .push(&[&sse::retry(self.retry_ms)], Stamp::NONE, &mut wakers);
         let mut begins = begins(&sub, &from);
         let highs = self.cold_highs(&sub, &begins).await?;
         self.join_before_head(&sub, &from, &mut begins, &highs, &mut wakers);

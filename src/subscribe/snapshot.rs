@@ -21,7 +21,7 @@ use rdkafka::error::KafkaError;
 use serde_json::json;
 
 use super::Subscriptions;
-use crate::queue::{End, Wakers};
+use crate::queue::{End, Stamp, Wakers};
 use crate::registry::{Capture, SlotStart, Subscriber};
 use crate::sse;
 
@@ -54,7 +54,9 @@ impl Subscriptions {
                 "resync",
                 &json!({"reason": "cursor_below_log_start", "partitions": partitions}),
             );
-            sub.connection.queue.push(&[&body], None, &mut wakers);
+            sub.connection
+                .queue
+                .push(&[&body], Stamp::NONE, &mut wakers);
             wakers.wake_all();
         }
         self.start_cold(sub).await?;
@@ -76,7 +78,7 @@ impl Subscriptions {
                     let mut queue = sub.connection.queue.lock();
                     let wait = queue.is_filling(body.len()) && queue.held() > 0;
                     if !wait {
-                        queue.push(&[&body], record.record.timestamp, &mut wakers);
+                        queue.push(&[&body], Stamp::NONE, &mut wakers);
                     }
                     !wait
                 };
@@ -97,7 +99,7 @@ impl Subscriptions {
         {
             let mut queue = sub.connection.queue.lock();
             let id = sse::id_line(&sub.own_cursor());
-            queue.push(&[&id, &mark], None, &mut wakers);
+            queue.push(&[&id, &mark], Stamp::NONE, &mut wakers);
         }
         sub.end_quiet();
         for slot in 0..sub.shape.slots.len() {

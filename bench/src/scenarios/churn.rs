@@ -80,9 +80,9 @@ pub async fn churn_scenario(a: ChurnArgs) -> anyhow::Result<Value> {
             anyhow::bail!("presence is herald's");
         }
         let addr = s.server.addr();
-        let keys: Vec<String> = (0..a.clients).map(|i| format!("k{i}")).collect();
+        let keys: Vec<String> = (0..a.light.clients).map(|i| format!("k{i}")).collect();
         let mut rounds = Vec::new();
-        for round in 0..a.rounds {
+        for round in 0..a.light.rounds {
             for churning in [false, true] {
                 let stop = Arc::new(AtomicBool::new(false));
                 let opened = Arc::new(AtomicUsize::new(0));
@@ -110,7 +110,7 @@ pub async fn churn_scenario(a: ChurnArgs) -> anyhow::Result<Value> {
                 let opened_before = opened.load(Ordering::Relaxed);
                 let started = Instant::now();
                 let flow = Flow::per_key("light", &a.flow, &s.server, keys.clone())?
-                    .steps(vec![a.rate], a.seconds);
+                    .steps(vec![a.light.rate], a.light.seconds);
                 let r = run_flow(&s.server, flow, &a.run).await?;
                 let secs = started.elapsed().as_secs_f64();
                 let records = presence_records(addr).await - records_before;
@@ -150,8 +150,8 @@ pub async fn churn_scenario(a: ChurnArgs) -> anyhow::Result<Value> {
         anyhow::Ok(json!({
             "scenario": "presence-churn",
             "ok": ok,
-            "clients": a.clients,
-            "rate": a.rate,
+            "clients": a.light.clients,
+            "rate": a.light.rate,
             "churn_streams": a.churn_streams,
             "churn_rate": a.churn_rate,
             "churn_selectors": a.churn_selectors,

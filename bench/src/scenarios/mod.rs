@@ -11,6 +11,7 @@
 mod churn;
 mod cursor;
 mod decode;
+mod floor;
 mod flows;
 mod idle;
 mod resume;
@@ -20,6 +21,7 @@ mod tables;
 pub use churn::churn_scenario;
 pub use cursor::cursor_sizes;
 pub use decode::decode;
+pub use floor::floor;
 pub use flows::{broadcast, filters, keyed, latency};
 pub use idle::idle;
 pub use resume::resume;
