@@ -783,6 +783,14 @@ async fn a_stalled_conflating_reader_gets_the_latest_of_each_key_not_the_backlog
             for f in futures.drain(..) {
                 let _ = f.await.expect("delivered");
             }
+            // The mock keeps about 5 MiB of the partition: on a busy machine
+            // the node's consumer must not fall that far behind (retention
+            // would overtake it, and a table stream then re-syncs).
+            let sent = (n + 1) as f64;
+            wait_for("the node to keep up with the producer", SECS_30, || async {
+                metric(&node, "herald_records_consumed_total").await >= sent - 1000.0
+            })
+            .await;
         }
     }
     for f in futures {
