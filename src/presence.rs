@@ -104,7 +104,9 @@ struct View {
     /// selector → entries.
     selectors: BTreeMap<String, Vec<Entry>>,
     /// Nodes whose heartbeat is older than the TTL, and their entry keys.
-    expired: BTreeMap<String, Vec<String>>,
+    /// (entry key, its selector): a selector's key may hold a newline, so
+    /// the selector comes from the record, never from splitting its key.
+    expired: BTreeMap<String, Vec<(String, String)>>,
 }
 
 impl Presence {
@@ -198,7 +200,8 @@ impl Presence {
                 // its heartbeat reached this node (another partition).
                 let at = value["at"].as_i64().unwrap_or(0);
                 if now.saturating_sub(at) > ttl {
-                    view.expired.entry(node).or_default().push(key);
+                    let selector = value["selector"].as_str().unwrap_or_default().to_owned();
+                    view.expired.entry(node).or_default().push((key, selector));
                 }
                 continue;
             }
@@ -475,16 +478,15 @@ impl Presence {
     /// Tombstones for the expired entries of `node` in `view` (and its
     /// heartbeat); for this node itself (at start), for all of them.
     fn tombstone_node(&self, node: &str, view: &View) {
-        let mut all: Vec<String> = view.expired.get(node).cloned().unwrap_or_default();
+        let mut all: Vec<(String, String)> = view.expired.get(node).cloned().unwrap_or_default();
         if node == self.node {
             for (selector, entries) in &view.selectors {
                 if entries.iter().any(|e| e.node == node) {
-                    all.push(selector_key(selector, node));
+                    all.push((selector_key(selector, node), selector.clone()));
                 }
             }
         }
-        for key in all {
-            let selector = key.split('\n').nth(1).unwrap_or_default().to_owned();
+        for (key, selector) in all {
             self.send(&key, partition_of(&selector, self.partitions()), None);
         }
         if node != self.node {

@@ -146,8 +146,14 @@ async fn three_nodes_agree_on_presence_through_waves_kills_restarts_and_stops() 
         "6 joined",
         converged(&addrs, "scores/m1", 24, Duration::from_secs(5)).await,
     ));
+    // A key with a newline in it, on node a: its entry's key then holds
+    // one more newline than a plain selector's.
+    let odd = open(addrs[0], &events_path(&["scores/odd\nkey"], ""), None).await;
+    assert_eq!(odd.status, 200, "{}", odd.body);
+    converged(&addrs, "scores/odd\nkey", 1, Duration::from_secs(5)).await;
     // SIGKILL node a: no goodbye; its count goes within the TTL.
     nodes[0].kill().await;
+    drop(odd);
     let living = [addrs[1], addrs[2]];
     let truth = futures_counts(&living, "scores/m1")
         .await
@@ -156,6 +162,15 @@ async fn three_nodes_agree_on_presence_through_waves_kills_restarts_and_stops() 
     let started = Instant::now();
     converged(&living, "scores/m1", truth, Duration::from_secs(8)).await;
     timings.push(("node killed", started.elapsed()));
+    // The living nodes tombstone the dead node's entries in the topic itself,
+    // the odd key's too (in its selector's partition).
+    let odd_key = "s\nscores/odd\nkey\na";
+    wait_for(
+        "the dead node's odd entry tombstoned in the topic",
+        SECS_30,
+        || async { deleted_in_presence_topic(&kafka.bootstrap, odd_key).await },
+    )
+    .await;
     // Restarted: it counts again, for streams it holds.
     nodes[0].restart().await;
     let mut on_a = Vec::new();
@@ -183,6 +198,47 @@ async fn three_nodes_agree_on_presence_through_waves_kills_restarts_and_stops() 
     assert!(nodes[1].exited(SECS_30).await.is_some());
     eprintln!("presence convergence: {timings:?}");
     drop((streams, on_a, proxy));
+}
+
+/// Whether `key` is deleted in the presence topic: in every partition that
+/// holds it (a table is per partition), its newest record is a tombstone.
+async fn deleted_in_presence_topic(bootstrap: &str, key: &str) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let (bootstrap, key) = (bootstrap.to_owned(), key.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "presence-reference")
+            .create()
+            .expect("consumer");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut highs = Vec::new();
+        for p in 0..8 {
+            let (_, high) = consumer
+                .fetch_watermarks("herald.presence", p, Duration::from_secs(5))
+                .expect("watermarks");
+            highs.push(high);
+            tpl.add_partition_offset("herald.presence", p, rdkafka::Offset::Beginning)
+                .expect("partition");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut read = vec![0i64; 8];
+        let mut latest: Vec<Option<bool>> = vec![None; 8];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (0..8).any(|p| read[p] < highs[p]) && Instant::now() < deadline {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            read[m.partition() as usize] = m.offset() + 1;
+            if m.key() == Some(key.as_bytes()) {
+                latest[m.partition() as usize] = Some(m.payload().is_none());
+            }
+        }
+        latest.iter().any(Option::is_some) && latest.iter().flatten().all(|&tomb| tomb)
+    })
+    .await
+    .expect("reference reader")
 }
 
 async fn futures_counts(addrs: &[std::net::SocketAddr], selector: &str) -> Vec<i64> {
