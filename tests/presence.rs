@@ -223,8 +223,8 @@ async fn deleted_in_presence_topic(bootstrap: &str, key: &str) -> bool {
                 .expect("partition");
         }
         consumer.assign(&tpl).expect("assign");
-        let mut read = vec![0i64; 8];
-        let mut latest: Vec<Option<bool>> = vec![None; 8];
+        let mut read = [0i64; 8];
+        let mut latest: [Option<bool>; 8] = [None; 8];
         let deadline = Instant::now() + Duration::from_secs(10);
         while (0..8).any(|p| read[p] < highs[p]) && Instant::now() < deadline {
             let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
