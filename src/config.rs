@@ -323,6 +323,17 @@ pub struct Config {
     #[arg(long, env = "HERALD_DEMO_TOPIC")]
     pub demo_topic: Option<String>,
 
+    /// Whether a node with --demo-topic also writes sample sensor readings
+    /// to it (one every 0.4 s). Benchmarks turn it off: their topic must
+    /// hold their own records only.
+    #[arg(
+        long,
+        env = "HERALD_DEMO_PRODUCER",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub demo_producer: bool,
+
     /// Partitions of topics the embedded Kafka creates.
     #[arg(long, env = "HERALD_EMBEDDED_PARTITIONS", default_value_t = 8)]
     pub embedded_partitions: i32,

@@ -179,7 +179,7 @@ impl Node {
                 shutdown.drain.clone(),
             ));
         }
-        if let Some(topic) = &config.demo_topic {
+        if let Some(topic) = config.demo_topic.as_ref().filter(|_| config.demo_producer) {
             tasks.spawn(demo_producer(
                 kafka::producer(&config, &bootstrap)?,
                 topic.clone(),

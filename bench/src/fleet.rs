@@ -27,7 +27,7 @@ use crate::RunArgs;
 
 /// Sockets one worker process holds at most (20,000 files per process).
 pub const MAX_PER_WORKER: usize = 18_000;
-/// Connections a worker opens at once.
+/// Connections a worker opens at once (unless --connect-concurrency).
 const CONNECT_CONCURRENCY: usize = 256;
 /// How long workers may take to open their connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -105,7 +105,7 @@ impl Fleet {
         track_ids: bool,
     ) -> anyhow::Result<(Fleet, Snap)> {
         let workers = default_workers(run, paths.len());
-        let specs = plan_workers(
+        let mut specs = plan_workers(
             target,
             paths,
             workers,
@@ -113,6 +113,9 @@ impl Fleet {
             &mut Sources::new(),
             track_ids,
         );
+        for s in &mut specs {
+            s.concurrency = run.connect_concurrency.unwrap_or(CONNECT_CONCURRENCY);
+        }
         Fleet::start(specs).await
     }
 

@@ -1,8 +1,10 @@
 //! herald-bench: herald's load generator and the scenarios of the targets in docs/architecture.md.
 //!
 //! One command runs one scenario end to end. It starts the server under test
-//! (`--server herald`: a node with its embedded Kafka; `nchan`: nginx with
-//! bench/nchan.conf; `baseline`: the speed-of-light writer herald-baseline;
+//! (`--server herald`: a node with its embedded Kafka, or on Tansu with
+//! `--tansu`; `nchan`: nginx with bench/nchan.conf; `pushpin`: Pushpin with
+//! bench/pushpin.conf; `kafka-sse`: Wikimedia's KafkaSSE from
+//! bench/kafka-sse; `baseline`: the speed-of-light writer herald-baseline;
 //! or `--target ADDR` for a herald already running), spreads the SSE clients
 //! over worker processes (itself, as the hidden `worker` command, at most
 //! 18,000 sockets each: a process may open 20,000 files) and over 127.x.y.z
@@ -47,6 +49,7 @@ use crate::servers::Kind;
 mod client;
 mod engine;
 mod fleet;
+mod grip;
 mod hist;
 mod procfs;
 mod producer;
@@ -57,7 +60,9 @@ mod sys;
 mod worker;
 
 #[derive(Parser)]
-#[command(about = "Load generator for herald (and nchan, and a speed-of-light baseline)")]
+#[command(
+    about = "Load generator for herald (and nchan, Pushpin, KafkaSSE, and a speed-of-light baseline)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -136,6 +141,10 @@ struct ServerArgs {
     /// Partitions of the topic (created by the embedded Kafka of a started node).
     #[arg(long, default_value_t = 64)]
     partitions: i32,
+    /// Run the Kafka on a Tansu broker started here (SQLite storage), not a
+    /// herald node's embedded one (herald and kafka-sse).
+    #[arg(long)]
+    tansu: bool,
     /// Extra argument for `herald serve` (repeatable), e.g. --herald-arg=--queue-bytes=4194304.
     #[arg(long = "herald-arg", allow_hyphen_values = true)]
     herald_args: Vec<String>,
@@ -164,6 +173,10 @@ struct RunArgs {
     quiet_wait: f64,
     #[arg(long, default_value_t = 30.0)]
     quiet_below: f64,
+    /// Connections each client process opens at once (default 256). Pushpin
+    /// answers 502 to some of a burst of 512.
+    #[arg(long)]
+    connect_concurrency: Option<usize>,
 }
 
 #[derive(Args, Clone)]

@@ -1,5 +1,6 @@
-//! The producers: records to Kafka (herald), POSTs to nchan's publisher
-//! (nchan), or only a rate for herald-baseline, which generates its own.
+//! The producers: records to Kafka (herald, KafkaSSE), POSTs to nchan's
+//! publisher (nchan) or Pushpin's (`POST /publish/`, one item each), or only
+//! a rate for herald-baseline, which generates its own.
 //!
 //! It owns offering records at a rate that the engine sets and changes,
 //! round-robin over the streams (one key each), and counting what was
@@ -68,7 +69,41 @@ enum Sink {
     Http {
         lanes: Vec<UnboundedSender<Vec<u8>>>,
         tasks: Vec<tokio::task::JoinHandle<()>>,
+        style: Publish,
     },
+}
+
+/// Which publisher an HTTP sink speaks.
+#[derive(Clone, Copy)]
+enum Publish {
+    /// nchan: `POST /pub/KEY`, the value as the body.
+    Nchan,
+    /// Pushpin (GRIP): `POST /publish/`, one item on channel KEY whose
+    /// `http-stream` content is the SSE event.
+    Grip,
+}
+
+/// The request publishing `value` to `key`.
+fn publish_request(style: Publish, key: &str, value: &[u8]) -> Vec<u8> {
+    let (path, body) = match style {
+        Publish::Nchan => (format!("/pub/{key}"), value.to_vec()),
+        Publish::Grip => {
+            let content = format!("data: {}\n\n", String::from_utf8_lossy(value));
+            let item = serde_json::json!({
+                "channel": key,
+                "formats": {"http-stream": {"content": content}},
+            });
+            let body = serde_json::json!({ "items": [item] }).to_string();
+            ("/publish/".to_owned(), body.into_bytes())
+        }
+    };
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    req
 }
 
 /// One keep-alive HTTP/1.1 connection to nchan's publisher, pipelined: the
@@ -149,6 +184,73 @@ async fn http_lane(addr: SocketAddr, mut rx: UnboundedReceiver<Vec<u8>>, failed:
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, reader).await;
 }
 
+/// Reads one HTTP response from `rd` (head and Content-Length body):
+/// whether its status was 2xx and whether the server closes the connection
+/// after it, or None when the connection ended first.
+async fn read_response(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut Vec<u8>,
+    chunk: &mut [u8],
+) -> Option<(bool, bool)> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let ok = head.get(9..10) == Some("2");
+                let close = head.lines().any(|l| l.trim() == "connection: close");
+                buf.drain(..end + 4 + len);
+                return Some((ok, close));
+            }
+        }
+        match rd.read(chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Requests to Pushpin's publisher, one at a time (it takes no pipelined
+/// requests: the next would read as the body), on one connection while the
+/// server keeps it open (Pushpin 1.36 closes each after its answer).
+async fn serial_lane(addr: SocketAddr, mut rx: UnboundedReceiver<Vec<u8>>, failed: Arc<AtomicU64>) {
+    let mut conn = None;
+    let (mut buf, mut chunk) = (Vec::with_capacity(LANE_BUF), vec![0u8; LANE_BUF]);
+    while let Some(req) = rx.recv().await {
+        let mut ok = false;
+        for _ in 0..2 {
+            if conn.is_none() {
+                conn = TcpStream::connect(addr).await.ok().map(|s| {
+                    let _ = s.set_nodelay(true);
+                    s.into_split()
+                });
+                buf.clear();
+            }
+            let Some((rd, wr)) = conn.as_mut() else {
+                break;
+            };
+            if wr.write_all(&req).await.is_ok() {
+                if let Some((answer, close)) = read_response(rd, &mut buf, &mut chunk).await {
+                    ok = answer;
+                    if close {
+                        conn = None;
+                    }
+                    break;
+                }
+            }
+            // Closed meanwhile (an idle keep-alive timeout): once more on a new one.
+            conn = None;
+        }
+        if !ok {
+            failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Sink {
     fn kafka(server: &Server, linger_ms: u64, failed: &Arc<AtomicU64>) -> anyhow::Result<Sink> {
         let brokers = server
@@ -169,14 +271,21 @@ impl Sink {
         })
     }
 
-    fn http(addr: SocketAddr, streams: usize, failed: &Arc<AtomicU64>) -> Sink {
+    fn http(addr: SocketAddr, streams: usize, failed: &Arc<AtomicU64>, style: Publish) -> Sink {
         let (mut lanes, mut tasks) = (Vec::new(), Vec::new());
         for _ in 0..streams.clamp(1, MAX_HTTP_LANES) {
             let (tx, rx) = unbounded_channel();
             lanes.push(tx);
-            tasks.push(tokio::spawn(http_lane(addr, rx, failed.clone())));
+            tasks.push(match style {
+                Publish::Nchan => tokio::spawn(http_lane(addr, rx, failed.clone())),
+                Publish::Grip => tokio::spawn(serial_lane(addr, rx, failed.clone())),
+            });
         }
-        Sink::Http { lanes, tasks }
+        Sink::Http {
+            lanes,
+            tasks,
+            style,
+        }
     }
 
     fn send(&self, key: &str, lane: usize, value: &[u8]) -> bool {
@@ -184,15 +293,9 @@ impl Sink {
             Sink::Kafka { producer, topic } => producer
                 .send(BaseRecord::to(topic).key(key).payload(value))
                 .is_ok(),
-            Sink::Http { lanes, .. } => {
-                let mut req = format!(
-                    "POST /pub/{key} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n\r\n",
-                    value.len()
-                )
-                .into_bytes();
-                req.extend_from_slice(value);
-                lanes[lane % lanes.len()].send(req).is_ok()
-            }
+            Sink::Http { lanes, style, .. } => lanes[lane % lanes.len()]
+                .send(publish_request(*style, key, value))
+                .is_ok(),
         }
     }
 
@@ -203,7 +306,7 @@ impl Sink {
                     let _ = producer.flush(FLUSH_TIMEOUT);
                 });
             }
-            Sink::Http { lanes, tasks } => {
+            Sink::Http { lanes, tasks, .. } => {
                 drop(lanes);
                 for t in tasks {
                     let _ = t.await;
@@ -269,8 +372,17 @@ impl Producer {
                 producer.baseline = Some(server.addr());
                 return Ok(producer);
             }
-            Kind::Nchan => Sink::http(server.addr(), keys.len(), &producer.failed),
-            Kind::Herald | Kind::External => Sink::kafka(server, linger_ms, &producer.failed)?,
+            Kind::Nchan => Sink::http(server.addr(), keys.len(), &producer.failed, Publish::Nchan),
+            Kind::Pushpin => {
+                let addr = server.publish_addr().context("Pushpin's publisher")?;
+                Sink::http(addr, keys.len(), &producer.failed, Publish::Grip)
+            }
+            Kind::KafkaSse if encoding != Encoding::Json => {
+                bail!("KafkaSSE's deserializer takes JSON values: pass --encoding json")
+            }
+            Kind::Herald | Kind::KafkaSse | Kind::External => {
+                Sink::kafka(server, linger_ms, &producer.failed)?
+            }
         };
         let (rate_milli, stop, produced, failed) = (
             producer.rate_milli.clone(),

@@ -1,6 +1,9 @@
 //! The servers under test: herald (one or several nodes, the first with its
-//! embedded Kafka), nginx + nchan, the speed-of-light herald-baseline, or a
-//! herald node already running (`--target`).
+//! embedded Kafka, or all on a Tansu broker with `--tansu`), nginx + nchan,
+//! Pushpin (with herald-bench's GRIP origin, grip.rs), Wikimedia's KafkaSSE
+//! (bench/kafka-sse, reading the embedded Kafka of a herald node started
+//! beside it), the speed-of-light herald-baseline, or a herald node already
+//! running (`--target`).
 //!
 //! It owns starting them (a free port each, a log file in the scratch
 //! directory, ready when their status endpoint answers 200), the request
@@ -53,6 +56,11 @@ pub enum Kind {
     Herald,
     /// nginx + nchan from bench/nchan.conf (started here).
     Nchan,
+    /// Pushpin from bench/pushpin.conf, with herald-bench's GRIP origin (started here).
+    Pushpin,
+    /// KafkaSSE from bench/kafka-sse (node), on a herald node's embedded Kafka (started here).
+    #[serde(rename = "kafka-sse")]
+    KafkaSse,
     /// herald-baseline, the speed-of-light writer (started here).
     Baseline,
     /// A herald node already running at --target.
@@ -62,15 +70,24 @@ pub enum Kind {
 pub struct Node {
     pub addr: SocketAddr,
     pub pid: Option<u32>,
+    /// Pushpin: its publisher (POST /publish/).
+    pub publish: Option<SocketAddr>,
     child: Option<Child>,
 }
 
 pub struct Server {
     pub kind: Kind,
     pub nodes: Vec<Node>,
-    /// Kafka bootstrap servers (herald).
+    /// Kafka bootstrap servers (herald, KafkaSSE).
     pub brokers: Option<String>,
+    /// Whether `brokers` is a herald node's embedded Kafka (the mock cluster).
+    pub embedded_kafka: bool,
     pub topic: String,
+    /// What the server needs but is not measured: the Tansu broker, or the
+    /// herald node whose embedded Kafka KafkaSSE reads. Stopped last.
+    helpers: Vec<Node>,
+    /// Pushpin's origin.
+    origin: Option<crate::grip::Origin>,
     /// The scratch directory, and whether it is ours to remove.
     scratch: Option<(PathBuf, bool)>,
     external_pids: Vec<u32>,
@@ -80,6 +97,8 @@ pub struct Server {
 struct Launch {
     cmd: Command,
     ready_path: &'static str,
+    /// Pushpin: where it takes publishes.
+    publish: Option<SocketAddr>,
     /// What the node receives when herald-bench dies.
     death_signal: libc::c_int,
 }
@@ -100,6 +119,22 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// `n` distinct free loopback ports, none of them `besides` (each held
+/// while the next is looked for).
+fn free_ports(n: usize, besides: u16) -> anyhow::Result<Vec<u16>> {
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        if port != besides {
+            ports.push(port);
+        }
+        held.push(l);
+    }
+    Ok(ports)
+}
+
 /// `name` in the directory of this executable (where cargo puts every
 /// binary of the workspace).
 fn sibling(name: &str) -> PathBuf {
@@ -109,26 +144,51 @@ fn sibling(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-fn nchan_template(args: &ServerArgs) -> anyhow::Result<String> {
-    let candidates = match &args.nchan_conf {
+/// `rel` (a path under the repository, e.g. bench/nchan.conf): relative to
+/// the working directory, or to the repository this executable was built in.
+fn repo_file(given: Option<&PathBuf>, rel: &str) -> anyhow::Result<PathBuf> {
+    let candidates = match given {
         Some(p) => vec![p.clone()],
         None => {
-            let mut v = vec![PathBuf::from("bench/nchan.conf")];
+            let mut v = vec![PathBuf::from(rel)];
             if let Ok(exe) = std::env::current_exe() {
-                // target/release/herald-bench → repo/bench/nchan.conf
+                // target/release/herald-bench → repo/REL
                 if let Some(root) = exe.ancestors().nth(3) {
-                    v.push(root.join("bench/nchan.conf"));
+                    v.push(root.join(rel));
                 }
             }
             v
         }
     };
-    for c in &candidates {
-        if let Ok(text) = std::fs::read_to_string(c) {
-            return Ok(text);
+    candidates
+        .iter()
+        .find(|c| c.exists())
+        .cloned()
+        .with_context(|| format!("{rel} not found (tried {candidates:?})"))
+}
+
+fn template(given: Option<&PathBuf>, rel: &str) -> anyhow::Result<String> {
+    let path = repo_file(given, rel)?;
+    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Where Tansu is: what `make test` installs.
+fn tansu_binary() -> PathBuf {
+    let tools = std::env::var_os("HERALD_TOOLS").map(PathBuf::from);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let mut candidates: Vec<PathBuf> = tools.map(|t| t.join("bin/tansu")).into_iter().collect();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(root) = exe.ancestors().nth(3) {
+            candidates.push(root.join(".tools/bin/tansu"));
         }
     }
-    bail!("nginx configuration not found (tried {candidates:?}); pass --nchan-conf")
+    candidates.push(home.join(".cargo/bin/tansu"));
+    candidates
+        .into_iter()
+        .find(|c| c.exists())
+        .unwrap_or_else(|| PathBuf::from("tansu"))
 }
 
 fn log_tail(path: &Path) -> String {
@@ -184,11 +244,17 @@ impl Server {
         if kind != Kind::Herald && kind != Kind::External && nodes > 1 {
             bail!("several nodes only for herald");
         }
+        if args.tansu && !matches!(kind, Kind::Herald | Kind::KafkaSse) {
+            bail!("--tansu only for herald and kafka-sse");
+        }
         let mut server = Server {
             kind,
             nodes: Vec::new(),
             brokers: args.brokers.clone(),
+            embedded_kafka: args.brokers.is_none() && !args.tansu,
             topic: args.topic.clone(),
+            helpers: Vec::new(),
+            origin: None,
             scratch: None,
             external_pids: args.pid.clone(),
         };
@@ -197,9 +263,11 @@ impl Server {
             if server.brokers.is_none() {
                 server.brokers = herald_brokers(addr).await?;
             }
+            server.embedded_kafka = false;
             server.nodes.push(Node {
                 addr,
                 pid: args.pid.first().copied(),
+                publish: None,
                 child: None,
             });
             return Ok(server);
@@ -214,15 +282,22 @@ impl Server {
         std::fs::create_dir_all(&scratch.0)?;
         server.scratch = Some(scratch.clone());
         let dir = scratch.0;
-        let mut retries = 0;
+        if args.tansu && server.brokers.is_none() {
+            let tansu = start_tansu(&dir, &args.topic, args.partitions).await?;
+            server.brokers = Some(tansu.addr.to_string());
+            server.helpers.push(tansu);
+        }
+        if kind == Kind::KafkaSse && server.brokers.is_none() {
+            // KafkaSSE has no Kafka of its own: a herald node's embedded one.
+            let node = server.start_retrying(Kind::Herald, args, &dir).await?;
+            server.brokers = herald_brokers(node.addr).await?;
+            server.helpers.push(node);
+        }
+        if kind == Kind::Pushpin {
+            server.origin = Some(crate::grip::serve().await?);
+        }
         while server.nodes.len() < nodes {
-            let Some(node) = server
-                .start_node(args, &dir, retries < PORT_RETRIES)
-                .await?
-            else {
-                retries += 1;
-                continue;
-            };
+            let node = server.start_retrying(kind, args, &dir).await?;
             if kind == Kind::Herald && server.nodes.is_empty() && server.brokers.is_none() {
                 server.brokers = herald_brokers(node.addr).await?;
             }
@@ -231,15 +306,36 @@ impl Server {
         Ok(server)
     }
 
-    /// How to start node `n` on `addr`.
+    /// Starts one more node of `kind`, again on another port while another
+    /// socket took the port first.
+    async fn start_retrying(
+        &self,
+        kind: Kind,
+        args: &ServerArgs,
+        dir: &Path,
+    ) -> anyhow::Result<Node> {
+        let mut retries = 0;
+        loop {
+            if let Some(node) = self
+                .start_node(kind, args, dir, retries < PORT_RETRIES)
+                .await?
+            {
+                return Ok(node);
+            }
+            retries += 1;
+        }
+    }
+
+    /// How to start node `n` of `kind` on `addr`.
     fn launch(
         &self,
+        kind: Kind,
         args: &ServerArgs,
         n: usize,
         addr: SocketAddr,
         dir: &Path,
     ) -> anyhow::Result<Launch> {
-        Ok(match self.kind {
+        Ok(match kind {
             Kind::Herald => {
                 let bin = args.herald_bin.clone().unwrap_or_else(|| sibling("herald"));
                 let mut cmd = Command::new(bin);
@@ -247,7 +343,8 @@ impl Server {
                     .args(["--node-id", &format!("bench-{n}")]);
                 match (n, &self.brokers) {
                     (0, None) => {
-                        cmd.args(["--demo-topic", &args.topic])
+                        // The topic holds the bench's records only: no sample readings.
+                        cmd.args(["--demo-topic", &args.topic, "--demo-producer=false"])
                             .args(["--embedded-partitions", &args.partitions.to_string()]);
                     }
                     (_, Some(b)) => {
@@ -262,6 +359,7 @@ impl Server {
                 Launch {
                     cmd,
                     ready_path: "/readyz",
+                    publish: None,
                     death_signal: libc::SIGKILL,
                 }
             }
@@ -275,11 +373,13 @@ impl Server {
                 Launch {
                     cmd,
                     ready_path: "/stats",
+                    publish: None,
                     death_signal: libc::SIGKILL,
                 }
             }
             Kind::Nchan => {
-                let conf = nchan_template(args)?.replace("@LISTEN@", &addr.to_string());
+                let conf = template(args.nchan_conf.as_ref(), "bench/nchan.conf")?
+                    .replace("@LISTEN@", &addr.to_string());
                 let prefix = dir.join(format!("nchan-{n}"));
                 for t in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
                     std::fs::create_dir_all(prefix.join("tmp").join(t))?;
@@ -297,7 +397,68 @@ impl Server {
                 Launch {
                     cmd,
                     ready_path: "/status",
+                    publish: None,
                     death_signal: libc::SIGTERM,
+                }
+            }
+            Kind::Pushpin => {
+                let origin = self.origin.as_ref().context("Pushpin's origin")?;
+                let prefix = dir.join(format!("pushpin-{n}"));
+                for d in ["run", "log", "lib/runner"] {
+                    std::fs::create_dir_all(prefix.join(d))?;
+                }
+                pushpin_libdir(&prefix.join("lib"))?;
+                let ports = free_ports(4, addr.port())?;
+                let publish: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse()?;
+                let mut conf = template(None, "bench/pushpin.conf")?
+                    .replace("@DIR@", &prefix.to_string_lossy())
+                    .replace("@HTTP_PORT@", &addr.port().to_string());
+                let names = [
+                    "@PUBLISH_PORT@",
+                    "@PUSH_IN_PORT@",
+                    "@PUSH_IN_SUB_PORT@",
+                    "@COMMAND_PORT@",
+                ];
+                for (name, port) in names.iter().zip(&ports) {
+                    conf = conf.replace(name, &port.to_string());
+                }
+                std::fs::write(prefix.join("routes"), format!("* {}\n", origin.addr))?;
+                let conf_path = prefix.join("pushpin.conf");
+                std::fs::write(&conf_path, conf)?;
+                let mut cmd = Command::new("pushpin");
+                cmd.arg("--config").arg(&conf_path);
+                Launch {
+                    cmd,
+                    // Through Pushpin to the origin: the whole chain is up.
+                    ready_path: "/status",
+                    publish: Some(publish),
+                    death_signal: libc::SIGTERM,
+                }
+            }
+            Kind::KafkaSse => {
+                let script = repo_file(None, "bench/kafka-sse/server.js")?;
+                let modules = script.with_file_name("node_modules").join("kafka-sse");
+                if !modules.exists() {
+                    bail!(
+                        "{} is missing: run `bash scripts/install-deps.sh bench`",
+                        modules.display()
+                    );
+                }
+                let brokers = self.brokers.clone().context("no Kafka for KafkaSSE")?;
+                // herald's own fetch wait for this broker (see herald's kafka.rs):
+                // the mock cluster holds every fetch for its whole wait, and
+                // librdkafka's default of 500 ms would be the latency floor.
+                let wait = if self.embedded_kafka { 5 } else { 10 };
+                let mut cmd = Command::new("node");
+                cmd.arg(&script)
+                    .arg(addr.to_string())
+                    .arg(brokers)
+                    .arg(format!("{{\"fetch.wait.max.ms\":{wait}}}"));
+                Launch {
+                    cmd,
+                    ready_path: "/status",
+                    publish: None,
+                    death_signal: libc::SIGKILL,
                 }
             }
             Kind::External => bail!("an external node is not started here"),
@@ -308,11 +469,17 @@ impl Server {
     /// because its port was taken meanwhile and `may_retry` (start again).
     async fn start_node(
         &self,
+        kind: Kind,
         args: &ServerArgs,
         dir: &Path,
         may_retry: bool,
     ) -> anyhow::Result<Option<Node>> {
-        let (kind, n) = (self.kind, self.nodes.len());
+        // A helper herald node is node 0 (it holds the Kafka); KafkaSSE's own are 0.. too.
+        let n = if kind == self.kind {
+            self.nodes.len()
+        } else {
+            0
+        };
         let port = free_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let log_path = dir.join(format!("{}-{n}.log", format!("{kind:?}").to_lowercase()));
@@ -320,8 +487,9 @@ impl Server {
         let Launch {
             mut cmd,
             ready_path,
+            publish,
             death_signal,
-        } = self.launch(args, n, addr, dir)?;
+        } = self.launch(kind, args, n, addr, dir)?;
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -357,6 +525,7 @@ impl Server {
         Ok(Some(Node {
             addr,
             pid,
+            publish,
             child: Some(child),
         }))
     }
@@ -396,6 +565,8 @@ impl Server {
     /// The request path for one key (None: the whole topic).
     pub fn path(&self, key: Option<&str>) -> anyhow::Result<String> {
         Ok(match (self.kind, key) {
+            (Kind::KafkaSse, None) => format!("/v1/stream/{}", self.topic),
+            (Kind::KafkaSse, Some(_)) => bail!("KafkaSSE subscribes to whole topics only"),
             (Kind::Herald | Kind::External, Some(k)) => {
                 format!("/v1/events?topic={}/{k}", self.topic)
             }
@@ -403,6 +574,20 @@ impl Server {
             (_, Some(k)) => format!("/sub/{k}"),
             (_, None) => bail!("{:?} has no whole-topic subscription", self.kind),
         })
+    }
+
+    /// The path of a broadcast's clients, on the one key the topic carries:
+    /// the key, or the whole topic where the server has no key subscriptions.
+    pub fn only_key_path(&self, key: &str) -> anyhow::Result<String> {
+        match self.kind {
+            Kind::KafkaSse => self.path(None),
+            _ => self.path(Some(key)),
+        }
+    }
+
+    /// Pushpin's publisher.
+    pub fn publish_addr(&self) -> Option<SocketAddr> {
+        self.nodes.first().and_then(|n| n.publish)
     }
 
     /// The request paths for one client per key.
@@ -430,6 +615,12 @@ impl Server {
             total += match self.kind {
                 Kind::Herald | Kind::External => json_connections(node.addr, "/v1/stats").await,
                 Kind::Baseline => json_connections(node.addr, "/stats").await,
+                Kind::KafkaSse => json_connections(node.addr, "/status").await,
+                // Streams the origin was asked to hold: Pushpin keeps no count we can ask.
+                Kind::Pushpin => self
+                    .origin
+                    .as_ref()
+                    .map_or(0, |o| o.holds.load(std::sync::atomic::Ordering::Relaxed)),
                 Kind::Nchan => http_get(node.addr, "/status")
                     .await
                     .ok()
@@ -445,10 +636,15 @@ impl Server {
     }
 
     pub async fn stop(mut self) {
-        // Node 0 holds the embedded Kafka the others use: it goes last.
-        for node in self.nodes.iter_mut().rev() {
+        // Node 0 holds the embedded Kafka the others use: it goes last, and
+        // the helpers (a Kafka) after every node.
+        let graceful = graceful_stop(self.kind);
+        let mut nodes: Vec<(Node, bool)> = self.nodes.drain(..).map(|n| (n, graceful)).collect();
+        nodes.reverse();
+        nodes.extend(self.helpers.drain(..).rev().map(|n| (n, false)));
+        for (node, graceful) in nodes.iter_mut() {
             if let Some(child) = node.child.as_mut() {
-                if self.kind == Kind::Nchan {
+                if *graceful {
                     if let Some(pid) = node.pid {
                         sys::signal(pid, libc::SIGTERM);
                     }
@@ -462,17 +658,116 @@ impl Server {
                 let _ = child.kill().await;
             }
         }
-        self.nodes.clear();
         if let Some((dir, true)) = self.scratch.take() {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
 
+/// Where the package keeps what pushpin.conf's `{libdir}` names.
+const PUSHPIN_LIBDIR: &str = "/usr/lib/pushpin";
+/// zurl's queue bounds (the package's: 1,000), for connection bursts.
+const ZURL_HWM: u32 = 100_000;
+
+/// A copy of Pushpin's libdir in `to`, its zurl template with queue bounds
+/// raised: at 1,000 subscribers connecting at once the package's bounds
+/// drop requests to the origin, and their clients get 502.
+fn pushpin_libdir(to: &Path) -> anyhow::Result<()> {
+    let from = Path::new(PUSHPIN_LIBDIR);
+    if !from.join("internal.conf").exists() {
+        bail!(
+            "{PUSHPIN_LIBDIR}/internal.conf is missing: run `bash scripts/install-deps.sh bench`"
+        );
+    }
+    std::fs::copy(from.join("internal.conf"), to.join("internal.conf"))?;
+    for entry in std::fs::read_dir(from.join("runner"))? {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let mut text = std::fs::read_to_string(entry.path())?;
+        if entry.file_name() == "zurl.conf.template" {
+            text = text
+                .replace("in_hwm=1000", &format!("in_hwm={ZURL_HWM}"))
+                .replace("out_hwm=1000", &format!("out_hwm={ZURL_HWM}"));
+        }
+        std::fs::write(to.join("runner").join(entry.file_name()), text)?;
+    }
+    Ok(())
+}
+
+/// nginx and Pushpin stop on SIGTERM, taking their worker processes along.
+fn graceful_stop(kind: Kind) -> bool {
+    matches!(kind, Kind::Nchan | Kind::Pushpin)
+}
+
+/// A Tansu broker in `dir` (SQLite storage) with `topic` created.
+async fn start_tansu(dir: &Path, topic: &str, partitions: i32) -> anyhow::Result<Node> {
+    let bin = tansu_binary();
+    let port = free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let url = format!("tcp://{addr}");
+    let tansu_dir = dir.join("tansu");
+    std::fs::create_dir_all(&tansu_dir)?;
+    let log = std::fs::File::create(dir.join("tansu.log"))?;
+    let mut cmd = Command::new(&bin);
+    cmd.args([
+        "broker",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &url,
+    ])
+    .args(["--storage-engine", "sqlite://tansu.db"])
+    .current_dir(&tansu_dir)
+    .stdin(Stdio::null())
+    .stdout(log.try_clone()?)
+    .stderr(log)
+    .kill_on_drop(true);
+    sys::die_with_parent(&mut cmd, libc::SIGKILL);
+    let child = cmd.spawn().with_context(|| {
+        format!(
+            "starting tansu ({}): run `make test` to install it",
+            bin.display()
+        )
+    })?;
+    let pid = child.id();
+    let deadline = Instant::now() + START_TIMEOUT;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("tansu not accepting on {addr}");
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+    let out = Command::new(&bin)
+        .args([
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+        ])
+        .args(["--broker", &url])
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "tansu topic create {topic}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(Node {
+        addr,
+        pid,
+        publish: None,
+        child: Some(child),
+    })
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
-        // Error paths: nginx's workers must not outlive their master.
-        if self.kind == Kind::Nchan {
+        // Error paths: nginx's workers (Pushpin's services) must not outlive their master.
+        if graceful_stop(self.kind) {
             for node in &self.nodes {
                 if let Some(pid) = node.pid {
                     for c in children_of(pid) {

@@ -40,6 +40,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// their send time), until `stop`.
 fn bare_floor(
     brokers: &str,
+    fetch_wait_ms: u32,
     topic: &str,
     partitions: i32,
     stop: &std::sync::atomic::AtomicBool,
@@ -51,8 +52,8 @@ fn bare_floor(
         .set("group.id", "herald-bench-floor")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
-        // herald's settings on the embedded Kafka (see herald's kafka.rs).
-        .set("fetch.wait.max.ms", "5")
+        // herald's settings for this broker (see herald's kafka.rs).
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         .set("fetch.queue.backoff.ms", "5")
         .create()?;
     let mut tpl = TopicPartitionList::new();
@@ -142,7 +143,8 @@ pub async fn floor(a: FloorArgs) -> anyhow::Result<Value> {
             let reader = {
                 let (b, t, p) = (brokers.clone(), a.server.topic.clone(), a.server.partitions);
                 let (stop, ready) = (stop.clone(), ready.clone());
-                tokio::task::spawn_blocking(move || bare_floor(&b, &t, p, &stop, &ready))
+                let wait = if s.server.embedded_kafka { 5 } else { 10 };
+                tokio::task::spawn_blocking(move || bare_floor(&b, wait, &t, p, &stop, &ready))
             };
             while !ready.load(std::sync::atomic::Ordering::Acquire) && !reader.is_finished() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -174,6 +176,7 @@ pub async fn floor(a: FloorArgs) -> anyhow::Result<Value> {
         let m = |k: &str| median(rounds.iter().filter_map(|r| r[k].as_f64()).collect());
         anyhow::Ok(json!({
             "scenario": "floor",
+            "broker": if s.server.embedded_kafka { "embedded" } else { "tansu" },
             "ok": rounds.iter().all(|r| r["ok"] != false),
             "clients": a.light.clients,
             "rate": a.light.rate,

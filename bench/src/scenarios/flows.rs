@@ -40,7 +40,7 @@ pub async fn broadcast(a: BroadcastArgs) -> anyhow::Result<Value> {
         } else {
             a.rates.clone()
         };
-        let path = s.server.path(Some(HOT_KEY))?;
+        let path = s.server.only_key_path(HOT_KEY)?;
         let flow = Flow::shared("broadcast", &a.flow, path, vec![HOT_KEY.into()], a.clients)
             .steps(rates, a.step_seconds)
             .stop_at_p99((!a.no_stop).then_some(a.stop_p99_ms));
