@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# `make bench`: every scenario of the targets in docs/architecture.md against herald, nchan (nginx +
-# libnginx-mod-nchan, bench/nchan.conf) and the speed-of-light writer
+# `make bench`: every scenario of the targets in docs/architecture.md against herald and the
+# servers a team would pick instead: nchan (nginx + libnginx-mod-nchan,
+# bench/nchan.conf), Pushpin (bench/pushpin.conf), Wikimedia's KafkaSSE
+# (bench/kafka-sse, on the same Kafka as herald) and the speed-of-light writer
 # (herald-baseline), alternating servers within each round, then rewrites
 # BENCHMARKS.md and docs/bench/*.svg from the results (scripts/bench-report.py).
-# About 15 minutes on the project's 2-core machines (3 rounds).
+# About 30 minutes on the project's 2-core machines (3 rounds), plus what
+# installing the peers takes on a fresh machine (see BENCHMARKS.md).
 #
 # Usage: scripts/bench.sh [--smoke] [--runs N] [--no-stretch] [--no-report] [--out DIR]
 #   --smoke       a few hundred connections for a few seconds against one
@@ -49,7 +52,9 @@ if [[ $SMOKE -eq 1 ]]; then
   exec "$BIN/herald-bench" smoke
 fi
 
+INSTALL_STARTED=$SECONDS
 bash scripts/install-deps.sh build bench
+INSTALL_SECONDS=$((SECONDS - INSTALL_STARTED))
 log "building herald, herald-bench, herald-baseline (release)"
 cargo build --release "${lock[@]}" -p herald -p herald-bench
 
@@ -95,6 +100,8 @@ QUIET_BUDGET="${BENCH_QUIET_BUDGET:-60}"
 # TCP memory limits, not the writer, stall every socket on the machine.
 LADDER=50000,75000,100000,200000,500000,1000000,2000000,3000000,4000000,6000000
 BCAST=(--deliveries "$LADDER" --step-seconds 1.2 --warmup 0.3)
+PUSHPIN_LADDER=10000,20000,30000,50000,75000,100000
+KSSE=(--rate 100 --keys 1 --encoding json --partitions 1 --topic kafkasse --seconds 4)
 log "results in $OUT"
 for r in $(seq 1 "$RUNS"); do
   for s in herald nchan baseline; do
@@ -109,8 +116,18 @@ for r in $(seq 1 "$RUNS"); do
   for s in herald nchan baseline; do
     run "broadcast-$s-10000-r$r" broadcast --server "$s" --clients 10000 "${BCAST[@]}"
   done
-  for s in herald nchan; do
-    run "light-$s-1000-r$r" light --server "$s" --clients 1000 --rate 1000 --seconds 4
+  # Pushpin answers 502 to part of a burst of 512 connections: 16 at a time
+  # per client process. It never keeps p99 under 50 ms at 10,000 clients,
+  # so its ladder starts lower, and it runs every step.
+  run "broadcast-pushpin-10000-r$r" broadcast --server pushpin --clients 10000 \
+    --deliveries "$PUSHPIN_LADDER" --step-seconds 1.2 --warmup 1 --no-stop --connect-concurrency 16
+  for s in herald nchan pushpin; do
+    run "light-$s-1000-r$r" light --server "$s" --clients 1000 --rate 1000 --seconds 4 --connect-concurrency 16
+  done
+  # KafkaSSE against herald, both reading a herald node's embedded Kafka: 1,000
+  # clients on one topic at 100 records/s (JSON values, KafkaSSE's format).
+  for s in kafka-sse herald; do
+    run "kafkasse-$s-1000-r$r" latency --server "$s" "${KSSE[@]}" --clients 1000
   done
   run "keyed-herald-15000-r$r" keyed --server herald --clients 15000 --rate 5000 --seconds 4
   # Record formats: decoding alone, then a decoded (Avro) topic against a
@@ -141,8 +158,21 @@ run "keyed-noidleid-herald-15000-r1" keyed --server herald --clients 15000 --rat
   --herald-arg=--idle-id-interval=1h
 # Kafka's latency floor: a bare librdkafka consumer on the light load's own
 # records, beside herald's produce→client and its own share (one run, three
-# pairs inside).
+# pairs inside), on the embedded Kafka and on Tansu; on Tansu also without
+# presence (its 8 partitions ride in every fetch, and Tansu's fetch time grows
+# with the partitions in it).
 run "floor-herald-r1" floor --partitions 8
+run "floor-tansu-herald-r1" floor --partitions 8 --tansu
+run "floor-tansu-nopresence-herald-r1" floor --partitions 8 --tansu --herald-arg=--presence-topic=
+# The publish endpoint (POST → Kafka's ack) against a direct rdkafka producer
+# with the same settings, alone and 64 at a time (three rounds inside).
+run "publish-herald-r1" publish --partitions 8
+# KafkaSSE's curve: where it stops keeping up (1,000 is in every round).
+for c in 100 300 2000; do
+  for s in kafka-sse herald; do
+    run "kafkasse-$s-$c-r1" latency --server "$s" "${KSSE[@]}" --clients "$c"
+  done
+done
 # Presence under churn (one run, three alone/churning pairs inside): the
 # light load alone and beside 10,000 streams replaced at 500 a second.
 run "presence-churn-herald-r1" presence-churn --partitions 8 --herald-arg=--heartbeat=1s
@@ -160,12 +190,14 @@ for c in 1000 3000; do
   for s in herald nchan; do
     run "broadcast-$s-$c-r1" broadcast --server "$s" --clients "$c" "${BCAST[@]}"
   done
+  run "broadcast-pushpin-$c-r1" broadcast --server pushpin --clients "$c" \
+    --deliveries "$PUSHPIN_LADDER" --step-seconds 1.2 --warmup 1 --no-stop --connect-concurrency 16
 done
 log "measured in $((SECONDS - STARTED)) s"
 
 if [[ $REPORT -eq 1 ]]; then
   python3 scripts/bench-report.py "$OUT" --markdown BENCHMARKS.md --charts docs/bench \
-    --seconds "$((SECONDS - STARTED))" --runs "$RUNS"
+    --seconds "$((SECONDS - STARTED))" --runs "$RUNS" --install-seconds "$INSTALL_SECONDS"
   log "wrote BENCHMARKS.md and docs/bench/ from $OUT"
 fi
 if [[ $PROBLEMS -gt 0 ]]; then

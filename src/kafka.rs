@@ -66,7 +66,11 @@ pub fn consumer_config(config: &Config, bootstrap: &str, role: &str) -> ClientCo
 pub fn producer(config: &Config, bootstrap: &str) -> Result<FutureProducer, KafkaError> {
     let mut c = base_config(config, bootstrap, "publish");
     c.set("partitioner", "murmur2_random")
-        .set("linger.ms", "1")
+        // Send at once: a POST waits for its ack, and librdkafka still batches
+        // what queues behind a request in flight. At 1 ms a lone publish took
+        // 1.3 ms (p50) instead of 0.16 ms, and 64 concurrent ones made 33,000/s
+        // instead of 47,000/s (herald-bench publish, embedded Kafka).
+        .set("linger.ms", "0")
         .set("acks", "all")
         .set("message.timeout.ms", "10000");
     for (k, v) in &config.kafka_properties {

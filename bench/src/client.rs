@@ -110,10 +110,22 @@ pub async fn open_stream(
 }
 
 /// A small HTTP/1.0 GET for control endpoints: (status, body).
+/// A bearer token control GETs send (a scenario whose node requires one).
+static CONTROL_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Control GETs (stats, metrics) carry `token` from now on.
+pub fn set_control_token(token: String) {
+    let _ = CONTROL_TOKEN.set(token);
+}
+
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let work = async {
         let mut s = TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n").as_bytes())
+        let auth = CONTROL_TOKEN
+            .get()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: bench\r\n{auth}\r\n").as_bytes())
             .await?;
         let mut out = Vec::new();
         s.read_to_end(&mut out).await?;

@@ -349,6 +349,8 @@ fn best<'a>(steps: impl Iterator<Item = &'a Value>) -> Option<&'a Value> {
 pub async fn run_flow(server: &Server, flow: Flow, run: &RunArgs) -> anyhow::Result<Value> {
     let clients = flow.paths.len();
     let mut problems: Vec<String> = Vec::new();
+    // The server's memory before any client: what the clients add is the rest.
+    let pss_idle = server.all_procs().pss();
     let (mut fleet, ready) = Fleet::connect(server.addr(), flow.paths.clone(), run, false).await?;
     if ready.r.failed > 0 {
         problems.push(format!(
@@ -500,6 +502,7 @@ pub async fn run_flow(server: &Server, flow: Flow, run: &RunArgs) -> anyhow::Res
         "needed_partitions": flow.expect_partitions,
         "assigned_partitions": assigned,
         "server_pss_kib": pss,
+        "server_pss_idle_kib": pss_idle,
         "loadgen_rss_kib": r.rss_kib,
         "ok": problems.is_empty(),
         "problems": problems,

@@ -100,6 +100,9 @@ enum Cmd {
     /// Kafka's latency floor (a bare librdkafka consumer on the same records) beside herald's
     /// produce→client and its own share (consume → socket write).
     Floor(FloorArgs),
+    /// herald's publish endpoint (POST → Kafka's ack) against a direct
+    /// rdkafka producer with the same settings: throughput and latency.
+    Publish(PublishArgs),
     /// The light load alone and beside streams churning (presence's cost).
     PresenceChurn(ChurnArgs),
     /// Table topics: a table built from Kafka (time, memory per key), many
@@ -319,6 +322,26 @@ struct FloorArgs {
 }
 
 #[derive(Args, Clone)]
+struct PublishArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Publishes in flight (HTTP connections, or sends of the direct producer), each tried.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    concurrency: Vec<usize>,
+    /// Seconds each measurement lasts.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Record value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Rounds (each direct, then HTTP, at every concurrency).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+#[derive(Args, Clone)]
 struct ChurnArgs {
     #[command(flatten)]
     server: ServerArgs,
@@ -501,6 +524,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Tables(a) => exit_on(scenarios::tables(a).await),
             Cmd::PresenceChurn(a) => exit_on(scenarios::churn_scenario(a).await),
             Cmd::Floor(a) => exit_on(scenarios::floor(a).await),
+            Cmd::Publish(a) => exit_on(scenarios::publish(a).await),
             Cmd::Keyed(a) => exit_on(scenarios::keyed(a, false).await),
             Cmd::Light(a) => exit_on(scenarios::keyed(a, true).await),
             Cmd::Latency(a) => exit_on(scenarios::latency(a).await),

@@ -107,6 +107,32 @@ fn status_kib(pid: u32, file: &str, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Per thread of `pid` (by tid): its name, ns on a CPU, and ns runnable
+/// but waiting for one, from /proc/PID/task/*/schedstat. The wait is what
+/// the scheduler added to the process's latency.
+pub fn sched_ns(pid: u32) -> std::collections::BTreeMap<u32, (String, u64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let dir = t.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let Ok(stat) = std::fs::read_to_string(dir.join("schedstat")) else {
+            continue;
+        };
+        let mut f = stat
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().unwrap_or(0));
+        let (run, wait) = (f.next().unwrap_or(0), f.next().unwrap_or(0));
+        out.insert(tid, (name.trim().to_owned(), run, wait));
+    }
+    out
+}
+
 pub fn pss_kib(pid: u32) -> u64 {
     match status_kib(pid, "smaps_rollup", "Pss:") {
         0 => rss_kib(pid),

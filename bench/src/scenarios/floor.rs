@@ -101,6 +101,39 @@ fn histogram_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Op
         .map(|(le, _)| le * 1000.0)
 }
 
+/// What each thread pool of the node did per second between two
+/// readings: `{"name": {"run": ms/s, "wait": ms/s}}`, busiest first. A
+/// thread that ended meanwhile is missing; one that started counts whole.
+fn sched_delta(
+    before: &std::collections::BTreeMap<u32, (String, u64, u64)>,
+    after: &std::collections::BTreeMap<u32, (String, u64, u64)>,
+    secs: f64,
+) -> Value {
+    let mut pools: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for (tid, (name, run, wait)) in after {
+        let (r0, w0) = before.get(tid).map_or((0, 0), |(_, r, w)| (*r, *w));
+        // Numbered threads of one pool (rdk:broker12) count as one.
+        let pool = name
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .to_owned();
+        let e = pools.entry(pool).or_default();
+        e.0 += run.saturating_sub(r0);
+        e.1 += wait.saturating_sub(w0);
+    }
+    let per_s = |ns: u64| round2(ns as f64 / 1e6 / secs.max(1e-3));
+    let mut rows: Vec<(String, f64, f64)> = pools
+        .into_iter()
+        .map(|(name, (run, wait))| (name, per_s(run), per_s(wait)))
+        .filter(|(_, run, wait)| *run + *wait > 0.0)
+        .collect();
+    rows.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
+    let mut out = serde_json::Map::new();
+    for (name, run, wait) in rows {
+        out.insert(name, json!({"run": run, "wait": wait}));
+    }
+    Value::Object(out)
+}
+
 async fn own_buckets(addr: std::net::SocketAddr) -> Vec<(f64, f64)> {
     let Ok((_, text)) = crate::client::http_get(addr, "/metrics").await else {
         return Vec::new();
@@ -150,10 +183,18 @@ pub async fn floor(a: FloorArgs) -> anyhow::Result<Value> {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let before = own_buckets(addr).await;
+            let node_pid = s.server.nodes.first().and_then(|n| n.pid);
+            let sched_before = node_pid.map(crate::procfs::sched_ns).unwrap_or_default();
+            let sched_at = Instant::now();
             let flow = Flow::per_key("light", &a.flow, &s.server, keys.clone())?
                 .steps(vec![a.light.rate], a.light.seconds);
             let res = run_flow(&s.server, flow, &a.run).await;
             let after = own_buckets(addr).await;
+            let sched = sched_delta(
+                &sched_before,
+                &node_pid.map(crate::procfs::sched_ns).unwrap_or_default(),
+                sched_at.elapsed().as_secs_f64(),
+            );
             stop.store(true, std::sync::atomic::Ordering::Release);
             let mut lat = reader.await??;
             let res = res?;
@@ -169,6 +210,9 @@ pub async fn floor(a: FloorArgs) -> anyhow::Result<Value> {
                 "own_p50_ms_at_most": histogram_quantile(&before, &after, 0.5),
                 "own_p99_ms_at_most": histogram_quantile(&before, &after, 0.99),
                 "ok": res["ok"],
+                // Per thread pool of the node: ms per second on a CPU, and
+                // runnable but waiting for one (the scheduler's share).
+                "node_threads_ms_per_s": sched,
             });
             println!("floor: {row}");
             rounds.push(row);
