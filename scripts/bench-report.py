@@ -3,7 +3,7 @@
 BENCHMARKS.md and SVG charts. Standard library only.
 
 Usage: bench-report.py DIR [--markdown BENCHMARKS.md] [--charts docs/bench]
-                           [--seconds N] [--runs N]
+                           [--seconds N] [--runs N] [--install-seconds N]
 
 Result files are named SCENARIO-SERVER-CLIENTS-rRUN.json (see bench.sh); the
 report takes medians over runs with min and max, and ratios per round (herald
@@ -29,6 +29,12 @@ LIMIT_MS = 50.0
 # same fan-out floor (115-160 ms here, even the baseline), where the histogram's
 # resolution is 4 ms and rounds differ by more than that.
 EQUAL_P99 = 1.10
+# herald's own share of the latency (consume → socket write), docs/architecture.md.
+OWN_P99_TARGET_MS = 1.0
+# A server keeps up with a latency run when it delivers at least this share of
+# what was expected (and no connection failed, and its p99 is within the limit).
+KEEP_UP_SHARE = 0.99
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
 def sh(*cmd):
@@ -103,6 +109,11 @@ def ms(values, digits=1):
     return v if v == "–" else v + " ms"
 
 
+def cpu(values):
+    v = mmm(list(values), num, digits=0)
+    return v if v == "–" else v + " %"
+
+
 def mmm(values, f=human, **kw):
     """median (min–max) over runs, or the single value."""
     v = clean(values)
@@ -121,13 +132,57 @@ def sustained(s):
     return s.get("sustained") and s.get("p99_ms", 1e9) <= STOP_P99_MS
 
 
-def peak(d):
-    """Highest sustained deliveries/s (p99 ≤ the stop) and its p99."""
+def peak_step(d):
+    """The step with the highest sustained deliveries/s (p99 ≤ the stop)."""
     best = None
     for s in steps(d):
         if sustained(s) and (best is None or s["deliveries_per_s"] > best["deliveries_per_s"]):
             best = s
+    return best
+
+
+def peak(d):
+    """Highest sustained deliveries/s (p99 ≤ the stop) and its p99."""
+    best = peak_step(d)
     return (best["deliveries_per_s"], best["p99_ms"]) if best else (None, None)
+
+
+def best_step(d):
+    """The step with the most deliveries/s, sustained or not: what a server
+    that sustains nothing (Pushpin at 10,000 clients, some rounds) is compared on."""
+    best = None
+    for s in steps(d):
+        if s.get("deliveries_per_s", 0) > 0 and (best is None or s["deliveries_per_s"] > best["deliveries_per_s"]):
+            best = s
+    return best
+
+
+def first_step(d):
+    return steps(d)[0] if steps(d) else None
+
+
+def per_cpu_s(s):
+    """Deliveries per second of server CPU time (server_cpu_pct: 100 = one core)."""
+    if not s or not s.get("server_cpu_pct"):
+        return None
+    return s["deliveries_per_s"] / (s["server_cpu_pct"] / 100)
+
+
+def share(d):
+    """Share of the expected deliveries that arrived, in % (failed clients'
+    records count as expected: they asked for them)."""
+    return 100 * d["delivered"] / d["expected"] if d.get("expected") and d.get("delivered") is not None else None
+
+
+def kib_per_client(d):
+    """PSS growth from before the clients to after the run, per connected client."""
+    if not d.get("connected") or d.get("server_pss_kib") is None or d.get("server_pss_idle_kib") is None:
+        return None
+    return (d["server_pss_kib"] - d["server_pss_idle_kib"]) / d["connected"]
+
+
+def mib(kib):
+    return None if kib is None else kib / 1024
 
 
 def capacity(d, p99_limit):
@@ -168,6 +223,17 @@ def median_curve(rs):
 
 def ratio(a, b):
     return a / b if a is not None and b not in (None, 0) else None
+
+
+def pct(v, digits=1):
+    """A share in %, truncated so that only everything reads 100 %."""
+    if v is None:
+        return "–"
+    if v >= 100:
+        return "100 %"
+    if v < 1:
+        return f"{v:.2g} %"
+    return f"{math.floor(v * 10 ** digits) / 10 ** digits:.{digits}f} %"
 
 
 # ------------------------------------------------------------------ charts
@@ -252,7 +318,9 @@ class Panel:
         self.svg.text(self.x + self.w - 4, py - 4, label, size=10, anchor="end", color="#c00")
 
 
-COLORS = {"herald": "#1f77b4", "nchan": "#ff7f0e", "baseline": "#7f7f7f"}
+COLORS = {"herald": "#1f77b4", "nchan": "#ff7f0e", "baseline": "#7f7f7f", "pushpin": "#2ca02c",
+          "kafka-sse": "#9467bd"}
+LABELS = {"kafka-sse": "KafkaSSE", "pushpin": "Pushpin"}
 
 
 def legend(svg, x, y, items):
@@ -265,7 +333,7 @@ def legend(svg, x, y, items):
 def chart_clients(results, path):
     """Peak sustained deliveries/s and p99 at 100k deliveries/s against clients."""
     counts = sorted({int(m.group(1)) for n in results
-                     for m in [re.match(r"broadcast-(?:herald|nchan|baseline)-(\d+)-r\d+$", n)] if m})
+                     for m in [re.match(r"broadcast-(?:herald|nchan|pushpin|baseline)-(\d+)-r\d+$", n)] if m})
     if not counts:
         return False
     svg = Svg(960, 420)
@@ -278,7 +346,7 @@ def chart_clients(results, path):
                 "p99", fmt_count, fmt_ms, counts)
     lat.hline(LIMIT_MS, "target: 50 ms")
     items = []
-    for server in ("herald", "nchan", "baseline"):
+    for server in ("herald", "nchan", "pushpin", "baseline"):
         tp, t50, lp = [], [], []
         for c in counts:
             rs = runs(results, f"broadcast-{server}-{c}")
@@ -313,7 +381,7 @@ def chart_ladder(results, clients, path):
                   fmt_count, fmt_ms)
     panel.hline(LIMIT_MS, "target: 50 ms")
     items = []
-    for server in ("herald", "nchan", "baseline"):
+    for server in ("herald", "nchan", "pushpin", "baseline"):
         rs = runs(results, f"broadcast-{server}-{clients}")
         if not rs:
             continue
@@ -327,14 +395,93 @@ def chart_ladder(results, clients, path):
                 pts.append((med([s["deliveries_per_s"] for s in ss]), med([s["p99_ms"] for s in ss])))
         panel.series(pts, COLORS[server])
         items.append((server, COLORS[server]))
+    # Four names do not fit 150 px apart in 640.
+    gap = 150 if len(items) <= 3 else 125
     for i, item in enumerate(items):
-        legend(svg, 100 + 150 * i, 392, [item])
+        legend(svg, 100 + gap * i, 392, [item])
+    with open(path, "w") as f:
+        f.write(svg.render())
+    return True
+
+
+def kafkasse_counts(results):
+    return sorted({int(mm.group(1)) for n in results
+                   for mm in [re.match(r"kafkasse-(?:kafka-sse|herald)-(\d+)-r\d+$", n)] if mm})
+
+
+def chart_kafkasse(results, path):
+    """Share of the expected deliveries that arrived, and p99, against clients
+    on one topic (KafkaSSE against herald)."""
+    counts = kafkasse_counts(results)
+    if not counts:
+        return False
+    data = {}
+    for server in ("herald", "kafka-sse"):
+        sh_pts, p_pts = [], []
+        for c in counts:
+            rs = runs(results, f"kafkasse-{server}-{c}")
+            if not rs:
+                continue
+            sh_pts.append((c, med([share(d) for d in rs])))
+            p_pts.append((c, med([(first_step(d) or {}).get("p99_ms") for d in rs])))
+        if sh_pts:
+            data[server] = (sh_pts, p_pts)
+    shares = [v for sp, _ in data.values() for _, v in sp if v]
+    p99s = [v for _, pp in data.values() for _, v in pp if v]
+    if not shares:
+        return False
+    # The panels reach down to the smallest share and up to the largest p99
+    # measured, in whole powers of ten (a decade more when a point would sit
+    # on the edge); 100 % sits inside the top edge.
+    s_lo = min(10.0, 10 ** math.floor(math.log10(min(shares))))
+    if min(shares) < 2 * s_lo:
+        s_lo /= 10
+    p_hi = 5000.0 if not p99s or max(p99s) <= 4000 else 10 ** math.ceil(math.log10(max(p99s) * 1.25))
+    rate = med([(first_step(d) or {}).get("rate") for n, d in results.items() if n.startswith("kafkasse-")])
+    svg = Svg(960, 420)
+    lo, hi = min(counts) / 1.5, max(counts) * 1.5
+    got = Panel(svg, 90, 50, 360, 280, (lo, hi), (s_lo, 150),
+                "One topic" + (f", {rate:g} records/s" if rate else "") + ": deliveries that arrived",
+                "clients on one topic",
+                "share of expected deliveries", fmt_count, lambda v: f"{v:g} %", counts)
+    lat = Panel(svg, 570, 50, 360, 280, (lo, hi), (1, p_hi),
+                "p99 produce→client", "clients on one topic",
+                "p99", fmt_count, fmt_ms, counts)
+    lat.hline(LIMIT_MS, "target: 50 ms")
+    items = []
+    for server, (sp, pp) in data.items():
+        got.series(sp, COLORS[server])
+        lat.series(pp, COLORS[server])
+        items.append((LABELS.get(server, server), COLORS[server]))
+    for i, item in enumerate(items):
+        legend(svg, 100 + 120 * i, 385, [item])
+    svg.text(570, 392, "medians where several runs exist (1,000 clients),",
+             size=11, anchor="start", color="#555")
+    svg.text(570, 407, "single runs elsewhere", size=11, anchor="start", color="#555")
     with open(path, "w") as f:
         f.write(svg.render())
     return True
 
 
 # ---------------------------------------------------------------- markdown
+
+def kafka_sse_version():
+    """The installed package's own version (bench/kafka-sse's npm ci)."""
+    try:
+        with open(os.path.join(ROOT, "bench", "kafka-sse", "node_modules", "kafka-sse", "package.json")) as f:
+            return str(json.load(f).get("version", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def tansu_version():
+    # `cargo install` puts it in ~/.cargo/bin, which need not be on PATH.
+    for exe in ("tansu", os.path.expanduser("~/.cargo/bin/tansu")):
+        v = sh(exe, "--version")
+        if v:
+            return v.split()[-1]
+    return ""
+
 
 def machine():
     cpu = ""
@@ -358,6 +505,10 @@ def machine():
         "rustc": sh("rustc", "-V"),
         "nginx": sh("dpkg-query", "-W", "-f=${Version}", "nginx"),
         "nchan": sh("dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"),
+        "pushpin": sh("dpkg-query", "-W", "-f=${Version}", "pushpin"),
+        "node": sh("node", "--version"),
+        "kafka_sse": kafka_sse_version(),
+        "tansu": tansu_version(),
     }
 
 
@@ -365,7 +516,7 @@ def verdict(ok, miss):
     return "met" if ok else f"**missed**: {miss}"
 
 
-def report(results, directory, seconds, nruns, charts_dir, md_path):
+def report(results, directory, seconds, nruns, charts_dir, md_path, install_seconds=0):
     m = machine()
     lines = []
     w = lines.append
@@ -382,6 +533,24 @@ def report(results, directory, seconds, nruns, charts_dir, md_path):
     w(f"- open files per process: {m['nofile']}")
     w(f"- herald {m['commit']}{' with uncommitted changes' if m['dirty'] else ''}, {m['rustc']}, release build")
     w(f"- nginx {m['nginx']}, libnginx-mod-nchan {m['nchan']} (Debian), configuration [bench/nchan.conf](bench/nchan.conf)")
+    # The peers' lines only where they ran or are installed, so an older
+    # results directory does not list tools it never used.
+    has = lambda prefix: any(n.startswith(prefix) for n in results)
+    if m["pushpin"] or has("broadcast-pushpin-") or has("light-pushpin-"):
+        w(f"- Pushpin {m['pushpin'] or 'unknown'} (Debian), configuration [bench/pushpin.conf](bench/pushpin.conf)")
+    if m["kafka_sse"] or has("kafkasse-kafka-sse-"):
+        w(f"- KafkaSSE {m['kafka_sse'] or 'unknown'} ([bench/kafka-sse](bench/kafka-sse)) on node {m['node'] or 'unknown'}")
+    if m["tansu"] or has("floor-tansu-"):
+        w(f"- Tansu {m['tansu'] or 'unknown'}")
+    if install_seconds > 0:
+        w(f"- Installing the build and bench dependencies took {install_seconds} s in this run. "
+          "On a fresh machine the peers add: Pushpin from Debian (about 20 s), KafkaSSE's `npm ci` "
+          "(about 90 s: node-rdkafka compiles its bundled librdkafka), and Tansu's `cargo install` "
+          "(about 10 minutes, shared with `make test`).")
+    else:
+        w("- On a fresh machine the peers add: Pushpin from Debian (about 20 s), KafkaSSE's `npm ci` "
+          "(about 90 s: node-rdkafka compiles its bundled librdkafka), and Tansu's `cargo install` "
+          "(about 10 minutes, shared with `make test`).")
     w("")
     w("```")
     w(m["free"])
@@ -441,6 +610,65 @@ def report(results, directory, seconds, nruns, charts_dir, md_path):
     def fx(v, digits=2):
         return "–" if v is None else f"{v:.{digits}f}×"
 
+    # Pushpin, the nchan method: its highest sustained step against herald's
+    # highest sustained one with a p99 no worse. A round where Pushpin
+    # sustained nothing compares on its best step instead; herald's side stays
+    # under the stop (1 s) even when that step's p99 is above it.
+    rounds_p = by_round(results, "broadcast-pushpin-10000")
+    pp_ratios, pp_detail = [], []
+    for r in sorted(set(rounds_h) & set(rounds_p)):
+        p_dps, p_p99 = peak(rounds_p[r])
+        fell_back = p_dps is None
+        if fell_back:
+            best = best_step(rounds_p[r])
+            if best is None:
+                continue
+            p_dps, p_p99 = best["deliveries_per_s"], best["p99_ms"]
+        h_at = capacity(rounds_h[r], min(p_p99 * EQUAL_P99, STOP_P99_MS))
+        pp_ratios.append(ratio(h_at, p_dps))
+        pp_detail.append((r, h_at, p_dps, p_p99, fell_back))
+
+    def light_ratios(a, b):
+        la, lb = by_round(results, f"light-{a}-1000"), by_round(results, f"light-{b}-1000")
+        return [ratio((first_step(la[r]) or {}).get("p99_ms"), (first_step(lb[r]) or {}).get("p99_ms"))
+                for r in sorted(set(la) & set(lb))]
+
+    # KafkaSSE at 1,000 clients on one topic (every round), per round where both ran.
+    ks_h, ks_k = by_round(results, "kafkasse-herald-1000"), by_round(results, "kafkasse-kafka-sse-1000")
+    ks_common = sorted(set(ks_h) & set(ks_k))
+    ks_p99 = [ratio((first_step(ks_k[r]) or {}).get("p99_ms"), (first_step(ks_h[r]) or {}).get("p99_ms"))
+              for r in ks_common]
+    ks_mem = [ratio(kib_per_client(ks_k[r]), kib_per_client(ks_h[r])) for r in ks_common]
+
+    # Deliveries per CPU-second at the step each comparison uses, per round.
+    def eff_ratios(other, fallback=False):
+        ro = by_round(results, f"broadcast-{other}-10000")
+        out = []
+        for r in sorted(set(rounds_h) & set(ro)):
+            so = peak_step(ro[r]) or (best_step(ro[r]) if fallback else None)
+            out.append(ratio(per_cpu_s(peak_step(rounds_h[r])), per_cpu_s(so)))
+        return out
+    eff_pp_fell = [r for r, d in sorted(rounds_p.items()) if peak_step(d) is None and best_step(d)]
+    eff_ks = [ratio(per_cpu_s(first_step(ks_h[r])), per_cpu_s(first_step(ks_k[r]))) for r in ks_common]
+
+    # The publish endpoint: one run, medians of its own rounds per concurrency.
+    pub = runs(results, "publish-herald")
+    pub_rows = {row.get("concurrency"): row for row in (pub[0].get("summary") or [])} if pub else {}
+    pub_rows = {c: row for c, row in pub_rows.items() if c is not None}
+    c_hi = max(pub_rows) if pub_rows else None
+    c_lo = min(pub_rows) if pub_rows else None
+
+    def pub_get(c, path, key):
+        return ((pub_rows.get(c) or {}).get(path) or {}).get(key)
+
+    # The latency floor runs: herald's own share on each broker.
+    floors = [("embedded Kafka", runs(results, "floor-herald")),
+              ("Tansu", runs(results, "floor-tansu-herald")),
+              ("Tansu, presence off", runs(results, "floor-tansu-nopresence-herald"))]
+
+    def own_p99(rs):
+        return [r.get("own_p99_ms_at_most") for d in rs[:1] for r in d.get("rounds", [])]
+
     w("## Headline")
     w("")
     w("| ratio | median (min–max) over rounds |")
@@ -458,12 +686,59 @@ def report(results, directory, seconds, nruns, charts_dir, md_path):
     w(f"| herald / nchan p99 at light load (1,000 clients, 1,000 records/s; above 1 means herald is slower) | {mmm(light_ratio, fx)} |")
     largest = max([d.get("open", 0) for d in multi + idle1["herald"]] or [0])
     w(f"| largest number of connections held at once (herald, several nodes) | {largest:,} |")
+    pp_cell = mmm(pp_ratios, fx)
+    fell = [x for x in pp_detail if x[4]]
+    if fell:
+        pp_cell += " (" + "; ".join(
+            (f"round {r}: " if len(pp_detail) > 1 else "")
+            + f"Pushpin sustained no step; against its best: {human(p)}/s at p99 {num(q)} ms"
+            for r, _, p, q, _ in fell) + ")"
+    w(f"| herald / Pushpin deliveries/s at equal or better p99 (broadcast, 10,000 clients), per round | {pp_cell} |")
+    w(f"| herald / Pushpin p99 at light load (1,000 clients, 1,000 records/s; above 1 means herald is slower) | "
+      f"{mmm(light_ratios('herald', 'pushpin'), fx)} |")
+    ks_share = ", ".join(f"{name} {mmm([share(d) for d in rs.values()], pct)}"
+                         for name, rs in (("herald", ks_h), ("KafkaSSE", ks_k))
+                         if clean([share(d) for d in rs.values()])) or "–"
+    w(f"| herald, KafkaSSE: share of the expected deliveries that arrived (1,000 clients on one topic, "
+      f"100 records/s) | {ks_share} |")
+    w(f"| KafkaSSE / herald p99, the same runs (above 1 means KafkaSSE is slower) | {mmm(ks_p99, fx)} |")
+    w(f"| KafkaSSE / herald memory per connected client, the same runs (PSS growth ÷ connected clients) | "
+      f"{mmm(ks_mem, fx)} |")
+    w(f"| herald / nchan deliveries per CPU-second (broadcast, 10,000 clients, each at its highest "
+      f"sustained step), per round | {mmm(eff_ratios('nchan'), fx)} |")
+    w(f"| herald / Pushpin deliveries per CPU-second, the same"
+      + (" (Pushpin at its highest delivered step in rounds where it sustained none: "
+         + ", ".join(str(r) for r in eff_pp_fell) + ")" if eff_pp_fell else "")
+      + f" | {mmm(eff_ratios('pushpin', fallback=True), fx)} |")
+    w(f"| herald / baseline deliveries per CPU-second, the same | {mmm(eff_ratios('baseline'), fx)} |")
+    w(f"| herald / KafkaSSE deliveries per CPU-second (1,000 clients on one topic, 100 records/s, the "
+      f"measured step, sustained or not), per round | {mmm(eff_ks, fx)} |")
+    hi_label = f"{c_hi} in flight" if c_hi is not None else "the most in flight"
+    lo_label = f"{c_lo} in flight" if c_lo is not None else "the fewest in flight"
+    h_ps, d_ps = pub_get(c_hi, "http", "per_s"), pub_get(c_hi, "direct", "per_s")
+    h_50, d_50 = pub_get(c_lo, "http", "p50_ms"), pub_get(c_lo, "direct", "p50_ms")
+    w(f"| herald's publish endpoint / a direct producer, records/s at {hi_label} | "
+      + (f"{fx(ratio(h_ps, d_ps))}: {human(h_ps)}/s against {human(d_ps)}/s" if h_ps and d_ps else "–") + " |")
+    w(f"| herald's publish endpoint / a direct producer, p50 POST → ack at {lo_label} (above 1 means "
+      f"the endpoint is slower) | "
+      + (f"{fx(ratio(h_50, d_50))}: {num(h_50, 2)} ms against {num(d_50, 2)} ms" if h_50 and d_50 else "–") + " |")
+    owns = []
+    for label, rs in floors:
+        v = own_p99(rs)
+        if clean(v):
+            ok = med(v) <= OWN_P99_TARGET_MS
+            owns.append(f"{label} ≤ {mmm(v, num, digits=2)} ms ({'met' if ok else '**missed**'})")
+    w(f"| herald's own latency p99, consume → socket write (bucket upper bound), light load; target ≤ "
+      f"{num(OWN_P99_TARGET_MS, 0)} ms | {'; '.join(owns) or '–'} |")
     w("")
     w("\"At equal or better p99\": in each round, nchan's highest sustained rate and its p99, "
       "against herald's highest sustained rate whose p99 is no worse (within 10 %: at 10,000 clients "
       "every server, even the baseline, sits on a fan-out floor of about 115–160 ms, where rounds "
       "differ by more than that). \"Sustained\": at least 90 % of the offered deliveries arrived "
       "during the step and no stream was cut.")
+    w("")
+    w("Deliveries per CPU-second: a step's deliveries/s divided by the server's CPU in it (100 % = one "
+      "core); the figures behind them are under [Efficiency](#efficiency-deliveries-per-cpu-second).")
     w("")
 
     # ---------------------------------------------------------- targets
@@ -618,14 +893,14 @@ def report(results, directory, seconds, nruns, charts_dir, md_path):
 
     # client sweep table
     counts = sorted({int(mm.group(1)) for n in results
-                     for mm in [re.match(r"broadcast-(?:herald|nchan)-(\d+)-r\d+$", n)] if mm})
+                     for mm in [re.match(r"broadcast-(?:herald|nchan|pushpin)-(\d+)-r\d+$", n)] if mm})
     if len(counts) > 1:
         w("### Against client count")
         w("")
         w("| clients | server | highest sustained deliveries/s | p99 there | p99 at 100k deliveries/s | at p99 ≤ 50 ms | runs |")
         w("|---:|---|---:|---:|---:|---:|---:|")
         for c in counts:
-            for server in ("herald", "nchan", "baseline"):
+            for server in ("herald", "nchan", "pushpin", "baseline"):
                 rs = runs(results, f"broadcast-{server}-{c}")
                 if not rs:
                     continue
@@ -711,6 +986,208 @@ def report(results, directory, seconds, nruns, charts_dir, md_path):
           f"{sum(d.get('gaps', 0) + d.get('dups', 0) + d.get('reorders', 0) + d.get('tail_missing', 0) for d in rs)} | "
           f"{mmm([d.get('catchup_kafka_reads') for d in rs])} | {mmm([d.get('catchup_readers_max') for d in rs], num, digits=0)} |")
     w("")
+
+    # ---------------------------------------------------------- Pushpin
+    pp10 = runs(results, "broadcast-pushpin-10000")
+    light_p = runs(results, "light-pushpin-1000")
+    if pp10 or light_p:
+        w("## Pushpin")
+        w("")
+        w("Pushpin (the Debian package, [bench/pushpin.conf](bench/pushpin.conf)) in front of "
+          "herald-bench's GRIP origin, which answers each subscription with `Grip-Hold: stream` and is "
+          "then out of the path; the load generator publishes every record to Pushpin's "
+          "`POST /publish/`, one item per request. Its server CPU is Pushpin's runner and the "
+          "services it starts (condure, zurl, pushpin-proxy, pushpin-handler).")
+        w("")
+    if pp10:
+        never = not any(s["p99_ms"] <= LIMIT_MS for d in pp10 for s in steps(d) if s["deliveries_per_s"] > 0)
+        w("Broadcast, 10,000 clients on one channel, 100-byte records. "
+          + (f"Pushpin's p99 is above {num(LIMIT_MS, 0)} ms at every rate here, so its " if never else "Its ")
+          + "rates start lower than the others' and every rate is run whatever "
+          "happened at the one before. Per rate, medians over the rounds; \"cut\": streams the server "
+          "closed during the step.")
+        w("")
+        w(f"**Pushpin**: highest sustained {mmm([peak(d)[0] for d in pp10])} deliveries/s, p99 there "
+          f"{mmm([peak(d)[1] for d in pp10], num)} ms; at p99 ≤ 50 ms: {mmm([capacity(d, LIMIT_MS) for d in pp10])}")
+        w("")
+        w("| offered/s | delivered/s | p50 ms | p99 ms | server CPU | streams cut | records in the step | rounds (sustained) |")
+        w("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        above = False
+        for o in offered_levels(pp10):
+            ss = [s for s in (at_offered(d, o) for d in pp10) if s]
+            got = [s for s in ss if s["deliveries_per_s"] > 0]
+            above = above or (med([s["deliveries_per_s"] for s in ss]) or 0) > 1.05 * o
+            w(f"| {human(o)} | {mmm([s['deliveries_per_s'] for s in ss])} | "
+              f"{mmm([s['p50_ms'] for s in got], num)} | {mmm([s['p99_ms'] for s in got], num)} | "
+              f"{num(med([s['server_cpu_pct'] for s in ss]), 0)} % | "
+              f"{mmm([s.get('closed') for s in ss], num, digits=0)} | "
+              f"{mmm([s.get('produced') for s in ss], num, digits=0)} | "
+              f"{len(ss)} ({sum(1 for s in ss if s.get('sustained'))}) |")
+        w("")
+        if above:
+            w("At the lowest rates a step holds only a few records (a record reaches all 10,000 clients), "
+              "so one record more or less in the step moves delivered/s above or below offered.")
+            w("")
+        cut = sum(d.get("closed", 0) or 0 for d in pp10)
+        in_steps = sum(s.get("closed", 0) or 0 for d in pp10 for s in steps(d))
+        lost = sum(d.get("lost", 0) or 0 for d in pp10)
+        if cut:
+            # The run's count covers its whole length, the steps' only the measured seconds.
+            w(f"Over {len(pp10)} round{'s' if len(pp10) > 1 else ''} Pushpin cut {cut:,} streams "
+              f"({lost:,} deliveries lost with them), {in_steps:,} of them during a measured step; a step "
+              f"where it cut any is not sustained.")
+            w("")
+        if pp_detail:
+            w("Per round, equal-p99 comparison: " + "; ".join(
+                f"round {r}: Pushpin {human(p)}/s at p99 {num(q)} ms"
+                + (" (its best step; it sustained none)" if fb else "")
+                + f", herald {human(h)}/s at p99 ≤ {num(min(q * EQUAL_P99, STOP_P99_MS))} ms"
+                for r, h, p, q, fb in pp_detail) + ".")
+            w("")
+    if light_p:
+        w("Light load, the same as herald's and nchan's above: 1,000 clients, each on its own key "
+          "(channel), 1,000 records/s round-robin over them.")
+        w("")
+        w("| server | delivered/s | p50 ms | p99 ms | max ms | server CPU | PSS after | lost |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|")
+        for server in ("herald", "nchan", "pushpin"):
+            rs = runs(results, f"light-{server}-1000")
+            ss = [x for x in (first_step(d) for d in rs) if x]
+            if not ss:
+                continue
+            w(f"| {server} | {mmm([x['deliveries_per_s'] for x in ss])} | "
+              f"{mmm([x['p50_ms'] for x in ss], num, digits=2)} | {mmm([x['p99_ms'] for x in ss], num, digits=2)} | "
+              f"{num(med([x.get('max_ms') for x in ss]))} | {num(med([x['server_cpu_pct'] for x in ss]), 0)} % | "
+              f"{num(mib(med([d.get('server_pss_kib') for d in rs])), 0)} MiB | {sum(d.get('lost', 0) for d in rs)} |")
+        w("")
+        lr_p, lr_n = light_ratios("herald", "pushpin"), light_ratios("herald", "nchan")
+        if clean(lr_p):
+            w(f"herald's p99 / Pushpin's: {mmm(lr_p, fx)} per round"
+              + (f"; herald's / nchan's: {mmm(lr_n, fx)}" if clean(lr_n) else "") + " (above 1: herald is slower).")
+            w("")
+
+    # ---------------------------------------------------------- KafkaSSE
+    kcounts = kafkasse_counts(results)
+    if kcounts:
+        w("## KafkaSSE")
+        w("")
+        if os.path.exists(os.path.join(charts_dir, "kafkasse.svg")):
+            rel = os.path.relpath(os.path.join(charts_dir, "kafkasse.svg"), os.path.dirname(md_path) or ".")
+            w(f"![deliveries that arrived and p99 against clients, KafkaSSE and herald]({rel})")
+            w("")
+        all_k = [d for n, d in results.items() if n.startswith("kafkasse-")]
+        k_rate = med([(first_step(d) or {}).get("rate") for d in all_k])
+        k_size = med([d.get("size") for d in all_k])
+        k_secs = med([(first_step(d) or {}).get("seconds") for d in all_k])
+        w(f"Wikimedia's KafkaSSE ([bench/kafka-sse](bench/kafka-sse)), which gives every client its own "
+          f"librdkafka consumer, against herald: C clients on one whole topic, "
+          f"{num(k_rate, 0)} records/s of " + (f"{k_size:.0f}-byte " if k_size else "")
+          + "JSON values (KafkaSSE's format)" + (f" for {num(k_secs, 0)} s" if k_secs else "")
+          + " (`herald-bench latency`). KafkaSSE reads the embedded Kafka "
+          f"of a herald node started beside it; that node is not counted as KafkaSSE's server CPU (it is "
+          f"in other CPU), while herald's server CPU includes its own embedded Kafka. \"Delivered\": "
+          f"of the records every client asked for, including clients whose connection failed; the "
+          f"rates and latencies are of the measured step. PSS: the server's before the clients "
+          f"connected and after the run; per client, the growth divided by the connected clients.")
+        w("")
+        w("| clients | server | runs | connected / failed | delivered | delivered/s in the step (offered) | p50 ms | p99 ms | server CPU | other CPU | PSS before → after | KiB per connected client |")
+        w("|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        verdicts = {}
+        for c in kcounts:
+            for server in ("kafka-sse", "herald"):
+                rs = runs(results, f"kafkasse-{server}-{c}")
+                if not rs:
+                    continue
+                ss = [x for x in (first_step(d) for d in rs) if x]
+                got = [x for x in ss if x["deliveries_per_s"] > 0]
+                w(f"| {c:,} | {LABELS.get(server, server)} | {len(rs)} | {mmm([d.get('connected') for d in rs])} / "
+                  f"{mmm([d.get('failed') for d in rs])} | {mmm([share(d) for d in rs], pct)} | "
+                  f"{mmm([x['deliveries_per_s'] for x in ss])} ({human(med([x.get('offered_per_s') for x in ss]))}) | "
+                  f"{mmm([x['p50_ms'] for x in got], num)} | {mmm([x['p99_ms'] for x in got], num)} | "
+                  f"{cpu([med([x.get('server_cpu_pct') for x in ss])])} | "
+                  f"{cpu([med([x.get('other_cpu_pct') for x in ss])])} | "
+                  f"{num(mib(med([d.get('server_pss_idle_kib') for d in rs])), 0)} → "
+                  f"{num(mib(med([d.get('server_pss_kib') for d in rs])), 0)} MiB | "
+                  f"{mmm([kib_per_client(d) for d in rs], num, digits=0)} |")
+                # Keeping up: medians over the runs at this count.
+                why = []
+                failed = med([d.get("failed") for d in rs]) or 0
+                if failed > 0:
+                    why.append(f"{failed:,.0f} of {c:,} connections failed")
+                sh_ = med([share(d) for d in rs])
+                if sh_ is not None and sh_ < 100 * KEEP_UP_SHARE:
+                    why.append(f"{pct(sh_)} of the deliveries arrived")
+                p99 = med([x["p99_ms"] for x in got])
+                limit = med([d.get("p99_limit_ms") for d in rs]) or LIMIT_MS
+                if p99 is None or p99 > limit:
+                    why.append(f"p99 {num(p99)} ms, over {num(limit, 0)} ms" if p99 is not None
+                               else "nothing arrived during the step")
+                verdicts.setdefault(server, []).append((c, why))
+        w("")
+        for server in ("kafka-sse", "herald"):
+            vs = verdicts.get(server)
+            if not vs:
+                continue
+            name = LABELS.get(server, server)
+            bad = [(c, why) for c, why in vs if why]
+            span = f"{vs[0][0]:,}" + (f" to {vs[-1][0]:,}" if len(vs) > 1 else "")
+            if not bad:
+                w(f"{name} kept up at every client count measured ({span} clients).")
+            elif bad[0][0] == vs[0][0]:
+                w(f"{name} did not keep up even at {bad[0][0]:,} clients, the fewest measured: "
+                  + "; ".join(bad[0][1]) + ".")
+            else:
+                w(f"{name} stops keeping up at {bad[0][0]:,} clients: " + "; ".join(bad[0][1]) + ".")
+            w("")
+        w(f"Keeping up: no connection failed, at least {KEEP_UP_SHARE * 100:.0f} % of the deliveries "
+          f"arrived and the p99 stayed within the limit (medians where several runs exist).")
+        w("")
+        reasons = sorted({r for n, d in results.items() if n.startswith("kafkasse-kafka-sse-")
+                          for p in d.get("problems", [])
+                          for r in re.findall(r'"([^"]+)"', p) if "connections failed" in p})
+        if reasons:
+            w("KafkaSSE's failed connections: " + "; ".join(f"\"{r}\"" for r in reasons) + ".")
+            w("")
+
+    # ---------------------------------------------------------- efficiency
+    eff_rows = []
+    for server in ("herald", "nchan", "pushpin", "baseline"):
+        rs = runs(results, f"broadcast-{server}-10000")
+        # Pushpin may sustain nothing at 10,000 clients: its best step then.
+        ss = [peak_step(d) or (best_step(d) if server == "pushpin" else None) for d in rs]
+        ss = [x for x in ss if x]
+        if ss:
+            eff_rows.append(("broadcast, 10,000 clients, highest sustained step", server, ss))
+    for server in ("kafka-sse", "herald"):
+        ss = [x for x in (first_step(d) for d in runs(results, f"kafkasse-{server}-1000")) if x]
+        if ss:
+            eff_rows.append(("1,000 clients on one topic, 100 records/s", LABELS.get(server, server), ss))
+    if eff_rows:
+        w("## Efficiency: deliveries per CPU-second")
+        w("")
+        shown = {server for _, server, _ in eff_rows}
+        bcast = any(label.startswith("broadcast") for label, _, _ in eff_rows)
+        http_pub = " and ".join(f"{x}'s" for x in ("nchan", "Pushpin") if x.lower() in shown)
+        parts = []
+        if bcast:
+            parts.append("for the broadcast each server's highest sustained step"
+                         + (" (Pushpin's highest delivered step in rounds where it sustained none)"
+                            if eff_pp_fell else ""))
+        if "KafkaSSE" in shown:
+            parts.append("for KafkaSSE and herald at 1,000 clients the measured step, sustained or not")
+        w("Deliveries per second of server CPU time (deliveries/s ÷ server CPU, 100 % = one core), at "
+          "the step each comparison in the headline uses: " + "; ".join(parts) + ". Server CPU includes "
+          "what the publish path costs the server: herald's embedded Kafka"
+          + (f", {http_pub} HTTP publishes" if http_pub else "")
+          + ("; not the Kafka KafkaSSE reads (see [KafkaSSE](#kafkasse))" if "KafkaSSE" in shown else "")
+          + ". Medians over rounds (min–max).")
+        w("")
+        w("| workload | server | rounds | deliveries/s | server CPU | deliveries per CPU-second |")
+        w("|---|---|---:|---:|---:|---:|")
+        for label, server, ss in eff_rows:
+            w(f"| {label} | {server} | {len(ss)} | {mmm([x['deliveries_per_s'] for x in ss])} | "
+              f"{cpu(x.get('server_cpu_pct') for x in ss)} | {mmm([per_cpu_s(x) for x in ss])} |")
+        w("")
 
     # ---------------------------------------------------------- formats
     dec = runs(results, "decode")
@@ -838,14 +1315,45 @@ def report(results, directory, seconds, nruns, charts_dir, md_path):
           "bytes (`herald_queued_bytes`) are the clients' own.")
         w("")
 
+    # ---------------------------------------------------------- publish
+    if pub_rows:
+        d = pub[0]
+        nr = len({r.get("round") for r in d.get("rounds", [])})
+        failed = sum(r.get("failed", 0) or 0 for r in d.get("rounds", []))
+        broker = {"embedded": "the node's embedded Kafka", "tansu": "Tansu"}.get(d.get("broker"), d.get("broker"))
+        w("## Publish endpoint")
+        w("")
+        w(f"herald's publish endpoint against a direct producer on the same topic of {broker} "
+          f"(`herald-bench publish`, {d.get('size')}-byte values, {num(d.get('seconds'), 0)} s per path and "
+          f"concurrency, the paths alternating, {nr} round{'s' if nr != 1 else ''}; medians of the rounds). "
+          "HTTP: that many keep-alive connections each sending `POST /v1/topics/T?key=kN` one after another, "
+          "timed from writing the request to reading its 200, which herald sends on Kafka's ack. Direct: "
+          "one rdkafka producer in the load generator with the settings herald's publisher uses "
+          "(murmur2, `acks=all`, `linger.ms=0`), that many sends in flight, timed from `send` to the "
+          "delivery report. The difference is what the HTTP hop and herald's handling add.")
+        w("")
+        w("| in flight | direct: records/s | p50 ms | p99 ms | herald HTTP: records/s | p50 ms | p99 ms | HTTP / direct records/s |")
+        w("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for c in sorted(pub_rows):
+            g = lambda path, key: pub_get(c, path, key)
+            w(f"| {c} | {human(g('direct', 'per_s'))} | {num(g('direct', 'p50_ms'), 2)} | {num(g('direct', 'p99_ms'), 2)} | "
+              f"{human(g('http', 'per_s'))} | {num(g('http', 'p50_ms'), 2)} | {num(g('http', 'p99_ms'), 2)} | "
+              f"{fx(ratio(g('http', 'per_s'), g('direct', 'per_s')))} |")
+        w("")
+        if failed:
+            w(f"{failed:,} publishes failed (over 10 s or an error) across the rounds.")
+            w("")
+
     # ---------------------------------------------------------- floor
     fl = runs(results, "floor-herald")
+    tansu_fl = [(label, rs[0]) for label, rs in floors[1:] if rs]
+    if fl or tansu_fl:
+        w("## Latency floor")
+        w("")
     if fl:
         d = fl[0]
         rs = d.get("rounds", [])
         col = lambda k: [r.get(k) for r in rs]
-        w("## Latency floor")
-        w("")
         w(f"The light load ({human(d.get('clients'))} clients, one key each, {human(d.get('rate'))} records/s, "
           f"embedded Kafka) and, on the very same records, a bare librdkafka consumer in the load "
           f"generator with herald's fetch settings: the floor herald cannot beat "
@@ -859,8 +1367,53 @@ def report(results, directory, seconds, nruns, charts_dir, md_path):
           f"≤ {mmm(col('own_p50_ms_at_most'), num, digits=2)} ms | ≤ {mmm(col('own_p99_ms_at_most'), num, digits=2)} ms |")
         w("")
         w("The bare consumer shares the load generator's process and cores, so its p99 carries that "
-          "process's scheduling too; its p50 is the floor to compare with. Not yet measured on Tansu.")
+          "process's scheduling too; its p50 is the floor to compare with."
+          + ("" if tansu_fl else " Not yet measured on Tansu."))
         w("")
+    if tansu_fl:
+        w("The same on a Tansu broker (`--tansu`: herald-bench starts Tansu and creates the topic)"
+          + (", and again with presence off (`--presence-topic=`): presence's partitions ride in every "
+             "fetch, and Tansu's fetch time grows with the partitions in it"
+             if any(lb == "Tansu, presence off" for lb, _ in tansu_fl) else "")
+          + ". Medians of each run's rounds (min–max).")
+        w("")
+        w("| broker | rounds | bare consumer p50 | p99 | herald produce → client p50 | p99 | herald's own p50 | own p99 |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for label, rs in floors:
+            if not rs:
+                continue
+            col = lambda k: [r.get(k) for r in rs[0].get("rounds", [])]
+            w(f"| {label} | {len(rs[0].get('rounds', []))} | {ms(col('floor_p50_ms'), 2)} | {ms(col('floor_p99_ms'), 2)} | "
+              f"{ms(col('herald_p50_ms'), 2)} | {ms(col('herald_p99_ms'), 2)} | "
+              f"≤ {ms(col('own_p50_ms_at_most'), 2)} | ≤ {ms(col('own_p99_ms_at_most'), 2)} |")
+        w("")
+        # Where the node's time went, per thread pool, in the runs that
+        # recorded it (older results have no node_threads_ms_per_s).
+        threads = []
+        for label, rs in floors:
+            per = [r.get("node_threads_ms_per_s") for r in (rs[0].get("rounds", []) if rs else [])]
+            per = [x for x in per if isinstance(x, dict)]
+            if per:
+                pools = {name for x in per for name in x}
+                threads.append((label, {name: (med([(x.get(name) or {}).get("run") for x in per]),
+                                               med([(x.get(name) or {}).get("wait") for x in per]))
+                                        for name in pools}))
+        # Busiest first by the first Tansu run, else the first that has them.
+        lead = next((t for t in threads if t[0] == "Tansu"), threads[0] if threads else None)
+        if lead:
+            top = sorted(lead[1], key=lambda n: -((lead[1][n][0] or 0) + (lead[1][n][1] or 0)))[:8]
+            w("The node's busiest thread pools (numbered threads of a pool together; names as the kernel "
+              "keeps them, 15 characters), ms per second summed over the pool's threads, medians of the "
+              "rounds. \"Run\" is time on a CPU; \"wait\" is time runnable but waiting for a CPU, "
+              "which is latency the scheduler added.")
+            w("")
+            w("| thread pool | " + " | ".join(f"{lb}: run | wait" for lb, _ in threads) + " |")
+            w("|---|" + "---:|---:|" * len(threads))
+            for name in top:
+                w(f"| `{name}` | " + " | ".join(
+                    f"{num((t.get(name) or (None, None))[0])} | {num((t.get(name) or (None, None))[1])}"
+                    for _, t in threads) + " |")
+            w("")
 
     # ---------------------------------------------------------- presence
     pc = runs(results, "presence-churn-herald")
@@ -980,6 +1533,8 @@ def main():
     ap.add_argument("--charts", default="docs/bench")
     ap.add_argument("--seconds", type=int, default=0)
     ap.add_argument("--runs", type=int, default=0)
+    # How long scripts/install-deps.sh build bench took in this run (bench.sh).
+    ap.add_argument("--install-seconds", type=int, default=0)
     a = ap.parse_args()
     results = load(a.dir)
     if not results:
@@ -987,7 +1542,8 @@ def main():
     os.makedirs(a.charts, exist_ok=True)
     chart_clients(results, os.path.join(a.charts, "clients.svg"))
     chart_ladder(results, 10000, os.path.join(a.charts, "ladder.svg"))
-    text = report(results, a.dir, a.seconds, a.runs, a.charts, a.markdown)
+    chart_kafkasse(results, os.path.join(a.charts, "kafkasse.svg"))
+    text = report(results, a.dir, a.seconds, a.runs, a.charts, a.markdown, a.install_seconds)
     with open(a.markdown, "w") as f:
         f.write(text)
 

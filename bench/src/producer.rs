@@ -448,3 +448,45 @@ impl Producer {
         Ok((seqs, self.failed.load(Ordering::Acquire)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(req: &[u8]) -> (String, Vec<u8>) {
+        let end = req.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        (
+            String::from_utf8_lossy(&req[..end]).into_owned(),
+            req[end + 4..].to_vec(),
+        )
+    }
+
+    #[test]
+    fn nchan_gets_the_value_as_the_body() {
+        let (head, body) = split(&publish_request(Publish::Nchan, "k1", b"1 2 3 xx"));
+        assert!(head.starts_with("POST /pub/k1 HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("Content-Length: 8"), "{head}");
+        assert_eq!(body, b"1 2 3 xx");
+    }
+
+    #[test]
+    fn pushpin_gets_one_item_whose_content_is_the_sse_event() {
+        let value = br#"{"v":"1 2 3 x","q":"a\b"}"#;
+        let (head, body) = split(&publish_request(Publish::Grip, "hot", value));
+        assert!(head.starts_with("POST /publish/ HTTP/1.1\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{head}"
+        );
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["items"].as_array().map(Vec::len), Some(1));
+        assert_eq!(v["items"][0]["channel"], "hot");
+        let content = v["items"][0]["formats"]["http-stream"]["content"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            content.as_bytes(),
+            [&b"data: "[..], value, b"\n\n"].concat()
+        );
+    }
+}

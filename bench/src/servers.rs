@@ -73,6 +73,16 @@ pub struct Node {
     /// Pushpin: its publisher (POST /publish/).
     pub publish: Option<SocketAddr>,
     child: Option<Child>,
+    /// Removed when the node is dropped (Pushpin's sockets).
+    run_dir: Option<PathBuf>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(dir) = self.run_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 pub struct Server {
@@ -99,6 +109,8 @@ struct Launch {
     ready_path: &'static str,
     /// Pushpin: where it takes publishes.
     publish: Option<SocketAddr>,
+    /// A directory of the node's to remove when it is gone.
+    run_dir: Option<PathBuf>,
     /// What the node receives when herald-bench dies.
     death_signal: libc::c_int,
 }
@@ -269,6 +281,7 @@ impl Server {
                 pid: args.pid.first().copied(),
                 publish: None,
                 child: None,
+                run_dir: None,
             });
             return Ok(server);
         }
@@ -360,6 +373,7 @@ impl Server {
                     cmd,
                     ready_path: "/readyz",
                     publish: None,
+                    run_dir: None,
                     death_signal: libc::SIGKILL,
                 }
             }
@@ -374,6 +388,7 @@ impl Server {
                     cmd,
                     ready_path: "/stats",
                     publish: None,
+                    run_dir: None,
                     death_signal: libc::SIGKILL,
                 }
             }
@@ -398,20 +413,30 @@ impl Server {
                     cmd,
                     ready_path: "/status",
                     publish: None,
+                    run_dir: None,
                     death_signal: libc::SIGTERM,
                 }
             }
             Kind::Pushpin => {
                 let origin = self.origin.as_ref().context("Pushpin's origin")?;
                 let prefix = dir.join(format!("pushpin-{n}"));
-                for d in ["run", "log", "lib/runner"] {
+                for d in ["log", "lib/runner"] {
                     std::fs::create_dir_all(prefix.join(d))?;
                 }
+                // Its IPC sockets live in rundir, and a socket's path may not
+                // pass 107 bytes: a short directory of its own, not the scratch.
+                let run_dir = std::env::temp_dir().join(format!(
+                    "hb-pp-{}-{}",
+                    std::process::id(),
+                    addr.port()
+                ));
+                std::fs::create_dir_all(&run_dir)?;
                 pushpin_libdir(&prefix.join("lib"))?;
                 let ports = free_ports(4, addr.port())?;
                 let publish: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse()?;
                 let mut conf = template(None, "bench/pushpin.conf")?
                     .replace("@DIR@", &prefix.to_string_lossy())
+                    .replace("@RUNDIR@", &run_dir.to_string_lossy())
                     .replace("@HTTP_PORT@", &addr.port().to_string());
                 let names = [
                     "@PUBLISH_PORT@",
@@ -432,6 +457,7 @@ impl Server {
                     // Through Pushpin to the origin: the whole chain is up.
                     ready_path: "/status",
                     publish: Some(publish),
+                    run_dir: Some(run_dir),
                     death_signal: libc::SIGTERM,
                 }
             }
@@ -458,6 +484,7 @@ impl Server {
                     cmd,
                     ready_path: "/status",
                     publish: None,
+                    run_dir: None,
                     death_signal: libc::SIGKILL,
                 }
             }
@@ -488,6 +515,7 @@ impl Server {
             mut cmd,
             ready_path,
             publish,
+            run_dir,
             death_signal,
         } = self.launch(kind, args, n, addr, dir)?;
         cmd.stdin(Stdio::null())
@@ -527,6 +555,7 @@ impl Server {
             pid,
             publish,
             child: Some(child),
+            run_dir,
         }))
     }
 
@@ -767,6 +796,7 @@ async fn start_tansu(dir: &Path, topic: &str, partitions: i32) -> anyhow::Result
         pid,
         publish: None,
         child: Some(child),
+        run_dir: None,
     })
 }
 

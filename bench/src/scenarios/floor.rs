@@ -102,7 +102,7 @@ fn histogram_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Op
 }
 
 /// What each thread pool of the node did per second between two
-/// readings: `{"name": {"run": ms/s, "wait": ms/s}}`, busiest first. A
+/// readings: `{"name": {"run": ms/s, "wait": ms/s}}`. A
 /// thread that ended meanwhile is missing; one that started counts whole.
 fn sched_delta(
     before: &std::collections::BTreeMap<u32, (String, u64, u64)>,
@@ -121,12 +121,11 @@ fn sched_delta(
         e.1 += wait.saturating_sub(w0);
     }
     let per_s = |ns: u64| round2(ns as f64 / 1e6 / secs.max(1e-3));
-    let mut rows: Vec<(String, f64, f64)> = pools
+    let rows: Vec<(String, f64, f64)> = pools
         .into_iter()
         .map(|(name, (run, wait))| (name, per_s(run), per_s(wait)))
         .filter(|(_, run, wait)| *run + *wait > 0.0)
         .collect();
-    rows.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
     let mut out = serde_json::Map::new();
     for (name, run, wait) in rows {
         out.insert(name, json!({"run": run, "wait": wait}));
@@ -235,4 +234,33 @@ pub async fn floor(a: FloorArgs) -> anyhow::Result<Value> {
     }
     .await;
     s.finish(result, |_| {}).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_time_is_per_pool_per_second_and_survives_threads_coming_and_going() {
+        let t = |name: &str, run: u64, wait: u64| (name.to_owned(), run, wait);
+        let before = [
+            (1, t("tokio-rt-worker", 0, 0)),
+            (2, t("rdk:broker1", 10_000_000, 0)),
+            (3, t("gone", 5, 5)),
+        ]
+        .into_iter()
+        .collect();
+        let after = [
+            (1, t("tokio-rt-worker", 4_000_000, 2_000_000)),
+            (2, t("rdk:broker1", 12_000_000, 0)),
+            (4, t("rdk:broker2", 2_000_000, 6_000_000)),
+        ]
+        .into_iter()
+        .collect();
+        let v = sched_delta(&before, &after, 2.0);
+        assert_eq!(v["tokio-rt-worker"], json!({"run": 2.0, "wait": 1.0}));
+        // Two brokers' threads are one pool; the new one counts whole.
+        assert_eq!(v["rdk:broker"], json!({"run": 2.0, "wait": 3.0}));
+        assert!(v.get("gone").is_none());
+    }
 }
