@@ -81,6 +81,10 @@ run() {
   if ((QUIET_BUDGET < 0)); then QUIET_BUDGET=0; fi
   if [[ $status -eq 0 ]]; then
     echo ok
+  elif [[ -f "$OUT/$name.json" && " $* " =~ \ --server\ (nchan|pushpin|kafka-sse|baseline)\  ]]; then
+    # A peer losing records or connections is a finding (BENCHMARKS.md
+    # reports it), not a failure of the run.
+    echo "peer problems (reported; see $OUT/$name.log)"
   elif [[ -f "$OUT/$name.json" ]]; then
     echo "PROBLEMS (see $OUT/$name.log)"
     PROBLEMS=$((PROBLEMS + 1))
@@ -159,8 +163,8 @@ run "keyed-noidleid-herald-15000-r1" keyed --server herald --clients 15000 --rat
 # Kafka's latency floor: a bare librdkafka consumer on the light load's own
 # records, beside herald's produce→client and its own share (one run, three
 # pairs inside), on the embedded Kafka and on Tansu; on Tansu also without
-# presence (its 8 partitions ride in every fetch, and Tansu's fetch time grows
-# with the partitions in it).
+# presence: its 8 partitions in the node's fetch cost about 10 ms p50 there
+# (BENCHMARKS.md, "Latency floor").
 run "floor-herald-r1" floor --partitions 8
 run "floor-tansu-herald-r1" floor --partitions 8 --tansu
 run "floor-tansu-nopresence-herald-r1" floor --partitions 8 --tansu --herald-arg=--presence-topic=

@@ -506,3 +506,48 @@ async fn a_first_run_shows_the_demo_topic_and_the_cluster_live_in_chromium() {
     );
     node.shutdown().await;
 }
+
+/// `--demo-producer=false` (what `herald-bench` runs with): the demo topic is
+/// created but holds only what others write. Both cases wait for three
+/// heartbeat comments (the node's clock: over two of the producer's 0.4 s
+/// intervals) before the sentinels; with the producer on, readings arrive
+/// meanwhile, so the check with it off can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_topic_without_its_producer_holds_only_what_others_write() {
+    for producing in [true, false] {
+        let mut c = config();
+        c.demo_topic = Some("quiet".into());
+        c.demo_producer = producing;
+        c.heartbeat = Duration::from_millis(300);
+        let node = node_with(c).await;
+        let mut s = open(
+            node.local_addr(),
+            "/v1/events?topic=quiet&from=earliest",
+            None,
+        )
+        .await;
+        let mut readings = Vec::new();
+        let deadline = Instant::now() + SECS_10;
+        while s.comments < 3 {
+            assert!(Instant::now() < deadline && !s.ended, "three heartbeats");
+            if let Some(e) = s.next_event(Duration::from_millis(100)).await {
+                readings.extend(e.data);
+            }
+        }
+        let p = producer(node.bootstrap_servers());
+        let sentinels = produce_sentinels(&p, "quiet", 8, "demo").await;
+        if producing {
+            assert!(
+                readings.iter().any(|d| d.contains("\"sensor\"")),
+                "demo readings while waiting: {readings:?}"
+            );
+        } else {
+            assert!(
+                readings.is_empty(),
+                "nothing with the producer off: {readings:?}"
+            );
+            expect_only(&mut s, &sentinels, "a demo reading with the producer off").await;
+        }
+        node.shutdown().await;
+    }
+}

@@ -205,6 +205,7 @@ pub async fn publish(a: PublishArgs) -> anyhow::Result<Value> {
                 for path in ["direct", "http"] {
                     let until = Instant::now() + Duration::from_secs_f64(a.seconds);
                     let started = Instant::now();
+                    let ticks = s.server.procs(0).ticks();
                     let mut tasks = tokio::task::JoinSet::new();
                     for lane in 0..c {
                         if path == "http" {
@@ -217,7 +218,12 @@ pub async fn publish(a: PublishArgs) -> anyhow::Result<Value> {
                     while let Some(l) = tasks.join_next().await {
                         lanes.push(l?);
                     }
-                    let mut row = summarise(path, c, started.elapsed().as_secs_f64(), lanes);
+                    let secs = started.elapsed().as_secs_f64();
+                    let mut row = summarise(path, c, secs, lanes);
+                    // The node's CPU: all of its work on the HTTP path; on the
+                    // direct one only its embedded Kafka taking the records.
+                    let used = s.server.procs(0).ticks().saturating_sub(ticks);
+                    row["server_cpu_pct"] = json!(round2(crate::procfs::cpu_pct(used, secs)));
                     row["round"] = json!(round + 1);
                     println!("publish: {row}");
                     rows.push(row);
@@ -236,7 +242,12 @@ pub async fn publish(a: PublishArgs) -> anyhow::Result<Value> {
                             .collect(),
                     )
                 };
-                entry[path] = json!({"per_s": of("per_s"), "p50_ms": of("p50_ms"), "p99_ms": of("p99_ms")});
+                entry[path] = json!({
+                    "per_s": of("per_s"),
+                    "p50_ms": of("p50_ms"),
+                    "p99_ms": of("p99_ms"),
+                    "server_cpu_pct": of("server_cpu_pct"),
+                });
             }
             summary.push(entry);
         }
