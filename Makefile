@@ -35,7 +35,7 @@ lint: ## cargo fmt --check and cargo clippy --all-targets -- -D warnings
 k8s-check: ## validate k8s/ (kubernetes-validate, rendered) and the Dockerfile (hadolint)
 	bash scripts/check-k8s.sh
 
-bench: ## every scenario of docs/architecture.md (Targets) vs nchan and a baseline (~15 min); rewrites BENCHMARKS.md
+bench: ## every scenario of docs/architecture.md (Targets) vs nchan, Pushpin, KafkaSSE and a baseline (~25 min); rewrites BENCHMARKS.md
 	bash scripts/bench.sh $(ARGS)
 
 bench-smoke: ## a few hundred connections for seconds; fails on any lost/reordered record

@@ -5,7 +5,7 @@
 # (bench/kafka-sse, on the same Kafka as herald) and the speed-of-light writer
 # (herald-baseline), alternating servers within each round, then rewrites
 # BENCHMARKS.md and docs/bench/*.svg from the results (scripts/bench-report.py).
-# About 30 minutes on the project's 2-core machines (3 rounds), plus what
+# About 25 minutes on the project's 2-core machines (3 rounds), plus what
 # installing the peers takes on a fresh machine (see BENCHMARKS.md).
 #
 # Usage: scripts/bench.sh [--smoke] [--runs N] [--no-stretch] [--no-report] [--out DIR]
