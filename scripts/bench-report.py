@@ -1213,6 +1213,31 @@ def report(results, directory, seconds, nruns, charts_dir, md_path, install_seco
             w("KafkaSSE's failed connections: " + "; ".join(f"\"{r}\"" for r in reasons) + ".")
             w("")
 
+    # KafkaSSE and herald at once, on the very same records.
+    side_counts = sorted({int(mm.group(1)) for n in results
+                          for mm in [re.match(r"side-kafkasse-(\d+)-r\d+$", n)] if mm})
+    if side_counts:
+        w("### Both at once, on the same records")
+        w("")
+        w("`herald-bench side-by-side`: C clients open the topic on KafkaSSE and C on the herald node "
+          "whose embedded Kafka KafkaSSE reads; one producer writes each record once (100 records/s, "
+          "JSON) and both fleets are measured over the same 4 s. The two servers share the machine "
+          "while they work, so each one's figures carry the other's load (the herald node also "
+          "serves KafkaSSE's consumers from its embedded Kafka); server CPU is therefore not shown.")
+        w("")
+        w("| clients | server | runs | connected / failed | delivered | delivered/s in the step | p50 ms | p99 ms |")
+        w("|---:|---|---:|---|---:|---:|---:|---:|")
+        for c in side_counts:
+            rs = runs(results, f"side-kafkasse-{c}")
+            for key, label in (("kafka_sse", "KafkaSSE"), ("herald", "herald")):
+                sd = [d.get(key) or {} for d in rs]
+                shares = [100.0 * x["delivered"] / x["expected"] for x in sd if x.get("expected")]
+                w(f"| {c:,} | {label} | {len(rs)} | {mmm([x.get('connected') for x in sd])} / "
+                  f"{mmm([x.get('failed') for x in sd])} | {mmm(shares, pct)} | "
+                  f"{mmm([x.get('deliveries_per_s') for x in sd])} | {mmm([x.get('p50_ms') for x in sd], num)} | "
+                  f"{mmm([x.get('p99_ms') for x in sd], num)} |")
+        w("")
+
     # ---------------------------------------------------------- efficiency
     eff_rows = []
     for server in ("herald", "nchan", "pushpin", "baseline"):

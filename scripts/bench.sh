@@ -133,6 +133,9 @@ for r in $(seq 1 "$RUNS"); do
   for s in kafka-sse herald; do
     run "kafkasse-$s-1000-r$r" latency --server "$s" "${KSSE[@]}" --clients 1000
   done
+  # And both at once on the very same records: 1,000 clients on KafkaSSE and
+  # 1,000 on the herald node whose embedded Kafka it reads.
+  run "side-kafkasse-1000-r$r" side-by-side "${KSSE[@]}" --clients 1000
   run "keyed-herald-15000-r$r" keyed --server herald --clients 15000 --rate 5000 --seconds 4
   # Record formats: decoding alone, then a decoded (Avro) topic against a
   # JSON one carrying the same bytes, at 100,000 deliveries/s.
@@ -177,6 +180,7 @@ for c in 100 300 2000; do
     run "kafkasse-$s-$c-r1" latency --server "$s" "${KSSE[@]}" --clients "$c"
   done
 done
+run "side-kafkasse-100-r1" side-by-side "${KSSE[@]}" --clients 100
 # Presence under churn (one run, three alone/churning pairs inside): the
 # light load alone and beside 10,000 streams replaced at 500 a second.
 run "presence-churn-herald-r1" presence-churn --partitions 8 --herald-arg=--heartbeat=1s

@@ -100,6 +100,9 @@ enum Cmd {
     /// Kafka's latency floor (a bare librdkafka consumer on the same records) beside herald's
     /// produce→client and its own share (consume → socket write).
     Floor(FloorArgs),
+    /// KafkaSSE and herald at once on the same records: M clients on each,
+    /// KafkaSSE reading the embedded Kafka of the herald node beside it.
+    SideBySide(LatencyArgs),
     /// herald's publish endpoint (POST → Kafka's ack) against a direct
     /// rdkafka producer with the same settings: throughput and latency.
     Publish(PublishArgs),
@@ -525,6 +528,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::PresenceChurn(a) => exit_on(scenarios::churn_scenario(a).await),
             Cmd::Floor(a) => exit_on(scenarios::floor(a).await),
             Cmd::Publish(a) => exit_on(scenarios::publish(a).await),
+            Cmd::SideBySide(a) => exit_on(scenarios::side_by_side(a).await),
             Cmd::Keyed(a) => exit_on(scenarios::keyed(a, false).await),
             Cmd::Light(a) => exit_on(scenarios::keyed(a, true).await),
             Cmd::Latency(a) => exit_on(scenarios::latency(a).await),

@@ -98,6 +98,9 @@ pub struct Server {
     helpers: Vec<Node>,
     /// Pushpin's origin.
     origin: Option<crate::grip::Origin>,
+    /// KafkaSSE: the herald node whose embedded Kafka it reads (address,
+    /// pid), a server in its own right for a side-by-side run.
+    pub herald_beside: Option<(SocketAddr, Option<u32>)>,
     /// The scratch directory, and whether it is ours to remove.
     scratch: Option<(PathBuf, bool)>,
     external_pids: Vec<u32>,
@@ -267,6 +270,7 @@ impl Server {
             topic: args.topic.clone(),
             helpers: Vec::new(),
             origin: None,
+            herald_beside: None,
             scratch: None,
             external_pids: args.pid.clone(),
         };
@@ -304,6 +308,7 @@ impl Server {
             // KafkaSSE has no Kafka of its own: a herald node's embedded one.
             let node = server.start_retrying(Kind::Herald, args, &dir).await?;
             server.brokers = herald_brokers(node.addr).await?;
+            server.herald_beside = Some((node.addr, node.pid));
             server.helpers.push(node);
         }
         if kind == Kind::Pushpin {

@@ -16,6 +16,7 @@ mod flows;
 mod idle;
 mod publish;
 mod resume;
+mod side;
 mod smoke;
 mod tables;
 
@@ -27,5 +28,6 @@ pub use flows::{broadcast, filters, keyed, latency};
 pub use idle::idle;
 pub use publish::publish;
 pub use resume::resume;
+pub use side::side_by_side;
 pub use smoke::smoke;
 pub use tables::tables;
