@@ -1219,14 +1219,15 @@ def report(results, directory, seconds, nruns, charts_dir, md_path, install_seco
     if side_counts:
         w("### Both at once, on the same records")
         w("")
-        w("`herald-bench side-by-side`: C clients open the topic on KafkaSSE and C on the herald node "
-          "whose embedded Kafka KafkaSSE reads; one producer writes each record once (100 records/s, "
-          "JSON) and both fleets are measured over the same 4 s. The two servers share the machine "
-          "while they work, so each one's figures carry the other's load (the herald node also "
-          "serves KafkaSSE's consumers from its embedded Kafka); server CPU is therefore not shown.")
+        w("`herald-bench side-by-side`: C clients open the topic on KafkaSSE and C on a herald node "
+          "of their own; both read the embedded Kafka of a third process (a herald node with no "
+          "clients), one producer writes each record once (100 records/s, JSON) and both fleets are "
+          "measured over the same 4 s. The servers and the Kafka share the machine while they work, "
+          "so each one's figures carry the others' load. Kafka CPU: that third process, serving "
+          "herald's one consumer and KafkaSSE's one per client.")
         w("")
-        w("| clients | server | runs | connected / failed | delivered | delivered/s in the step | p50 ms | p99 ms |")
-        w("|---:|---|---:|---|---:|---:|---:|---:|")
+        w("| clients | server | runs | connected / failed | delivered | delivered/s in the step | p50 ms | p99 ms | server CPU | Kafka CPU |")
+        w("|---:|---|---:|---|---:|---:|---:|---:|---:|---:|")
         for c in side_counts:
             rs = runs(results, f"side-kafkasse-{c}")
             for key, label in (("kafka_sse", "KafkaSSE"), ("herald", "herald")):
@@ -1235,7 +1236,8 @@ def report(results, directory, seconds, nruns, charts_dir, md_path, install_seco
                 w(f"| {c:,} | {label} | {len(rs)} | {mmm([x.get('connected') for x in sd])} / "
                   f"{mmm([x.get('failed') for x in sd])} | {mmm(shares, pct)} | "
                   f"{mmm([x.get('deliveries_per_s') for x in sd])} | {mmm([x.get('p50_ms') for x in sd], num)} | "
-                  f"{mmm([x.get('p99_ms') for x in sd], num)} |")
+                  f"{mmm([x.get('p99_ms') for x in sd], num)} | {mmm([x.get('server_cpu_pct') for x in sd], num, digits=0)} % | "
+                  f"{mmm([d.get('kafka_cpu_pct') for d in rs], num, digits=0)} % |")
         w("")
 
     # ---------------------------------------------------------- efficiency

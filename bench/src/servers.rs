@@ -324,6 +324,28 @@ impl Server {
         Ok(server)
     }
 
+    /// Starts a herald node of its own on this server's Kafka (KafkaSSE's:
+    /// the embedded one of the node beside it), stopped with the server;
+    /// its address and pid.
+    pub async fn start_herald_on_kafka(
+        &mut self,
+        args: &ServerArgs,
+    ) -> anyhow::Result<(SocketAddr, Option<u32>)> {
+        let dir = self
+            .scratch
+            .as_ref()
+            .map(|(d, _)| d.clone())
+            .context("no scratch directory")?;
+        if self.brokers.is_none() {
+            bail!("no Kafka to start a herald node on");
+        }
+        let node = self.start_retrying(Kind::Herald, args, &dir).await?;
+        let out = (node.addr, node.pid);
+        // Stopped before the helpers that hold the Kafka.
+        self.helpers.insert(0, node);
+        Ok(out)
+    }
+
     /// Starts one more node of `kind`, again on another port while another
     /// socket took the port first.
     async fn start_retrying(

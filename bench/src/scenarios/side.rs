@@ -1,21 +1,21 @@
 //! `side-by-side`: KafkaSSE and herald at once, on the very same records.
 //!
-//! KafkaSSE reads the embedded Kafka of a herald node started beside it;
-//! that node is a herald server like any other. So `--clients` clients
-//! open the whole topic on KafkaSSE and as many on that herald node, one
-//! producer writes each record once, and both fleets are measured over the
-//! same step. Unlike the alternating `latency` runs, the two servers share
-//! the machine while they work, so each one's figures carry the other's
-//! load; server CPU is not reported (the herald node also serves KafkaSSE's
-//! consumers from its embedded Kafka).
+//! KafkaSSE reads the embedded Kafka of a herald node started beside it.
+//! A second herald node on that same Kafka serves herald's side, so that
+//! neither server is also the other's broker. `--clients` clients open the
+//! whole topic on KafkaSSE and as many on that second node, one producer
+//! writes each record once, and both fleets are measured over the same
+//! step. Unlike the alternating `latency` runs, the two servers and the
+//! Kafka share the machine while they work, so each one's figures carry
+//! the others' load.
 
 use std::time::Duration;
 
-use anyhow::Context;
 use serde_json::{json, Value};
 
 use crate::engine::{round2, Session};
 use crate::fleet::{Fleet, Snap};
+use crate::procfs::{cpu_pct, ProcSet};
 use crate::producer::Producer;
 use crate::servers::Kind;
 use crate::LatencyArgs;
@@ -63,11 +63,18 @@ async fn drain(fleet: &mut Fleet, expected: u64) -> anyhow::Result<()> {
 pub async fn side_by_side(a: LatencyArgs) -> anyhow::Result<Value> {
     let mut args = a.server.clone();
     args.server = Kind::KafkaSse;
-    let s = Session::start(&args, &a.run, 1).await?;
+    let mut s = Session::start(&args, &a.run, 1).await?;
+    let started_herald = s.server.start_herald_on_kafka(&args).await;
     let result = async {
-        let (herald_addr, _) = s.server.herald_beside.context(
-            "side-by-side needs KafkaSSE on a herald node's embedded Kafka (no --tansu)",
-        )?;
+        let (herald_addr, herald_pid) = started_herald?;
+        let procs = |pid: Option<u32>| ProcSet {
+            roots: pid.into_iter().collect(),
+        };
+        let (herald_procs, kafka_procs) = (
+            procs(herald_pid),
+            procs(s.server.herald_beside.and_then(|(_, p)| p)),
+        );
+        let ks_procs = s.server.procs(0);
         let topic = s.server.topic.clone();
         let (mut ks, ks_ready) = Fleet::connect(
             s.server.addr(),
@@ -95,10 +102,18 @@ pub async fn side_by_side(a: LatencyArgs) -> anyhow::Result<Value> {
         producer.set_rate(a.rate).await?;
         tokio::time::sleep(Duration::from_secs_f64(a.flow.warmup)).await;
         let (ks_a, hd_a) = (ks.snap().await?, hd.snap().await?);
+        let ticks = [herald_procs.ticks(), ks_procs.ticks(), kafka_procs.ticks()];
         let started = tokio::time::Instant::now();
         tokio::time::sleep(Duration::from_secs_f64(a.seconds)).await;
         let (ks_b, hd_b) = (ks.snap().await?, hd.snap().await?);
         let secs = started.elapsed().as_secs_f64();
+        let cpu =
+            |p: &ProcSet, before: u64| round2(cpu_pct(p.ticks().saturating_sub(before), secs));
+        let cpus = [
+            cpu(&herald_procs, ticks[0]),
+            cpu(&ks_procs, ticks[1]),
+            cpu(&kafka_procs, ticks[2]),
+        ];
         let (seqs, failures) = producer.finish().await?;
         let expected = seqs.iter().sum::<u64>() * a.clients as u64;
         drain(&mut hd, expected).await?;
@@ -106,8 +121,10 @@ pub async fn side_by_side(a: LatencyArgs) -> anyhow::Result<Value> {
         let (ks_t, hd_t) = (ks.tail(&seqs).await?, hd.tail(&seqs).await?);
         ks.quit().await;
         hd.quit().await;
-        let herald = side(&hd_ready, &hd_a, &hd_b, &hd_t, secs, expected);
-        let kafka_sse = side(&ks_ready, &ks_a, &ks_b, &ks_t, secs, expected);
+        let mut herald = side(&hd_ready, &hd_a, &hd_b, &hd_t, secs, expected);
+        let mut kafka_sse = side(&ks_ready, &ks_a, &ks_b, &ks_t, secs, expected);
+        herald["server_cpu_pct"] = json!(cpus[0]);
+        kafka_sse["server_cpu_pct"] = json!(cpus[1]);
         let mut problems = Vec::new();
         if herald["lost"] != 0 || herald["order_errors"] != 0 || herald["failed"] != 0 {
             problems.push(format!("herald: {herald}"));
@@ -124,6 +141,8 @@ pub async fn side_by_side(a: LatencyArgs) -> anyhow::Result<Value> {
             "produced": seqs.iter().sum::<u64>(),
             "herald": herald,
             "kafka_sse": kafka_sse,
+            // The node holding the embedded Kafka both read (no clients).
+            "kafka_cpu_pct": cpus[2],
             // KafkaSSE losing records is the finding, not a fault of the run.
             "ok": problems.is_empty(),
             "problems": problems,
