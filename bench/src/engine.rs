@@ -37,6 +37,21 @@ const DRAIN_POLL: Duration = Duration::from_millis(200);
 const SUSTAINED_SHARE: f64 = 0.9;
 
 /// Rounds to two decimals, as every figure in the results is.
+/// Quantile `q` of sorted values (the nearest rank; 0 when empty).
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The median of `v` (the upper one of an even count; 0 when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 pub fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }

@@ -139,22 +139,11 @@ async fn http_lane(addr: SocketAddr, mut rx: UnboundedReceiver<Vec<u8>>, failed:
                     Ok(Ok(n)) => n,
                 };
                 buf.extend_from_slice(&chunk[..n]);
-                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if buf.len() < end + 4 + len {
-                        break;
-                    }
-                    let ok = head.get(9..10) == Some("2");
-                    if !ok {
+                while let Some(answer) = take_response(&mut buf) {
+                    if !answer.ok {
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
                     answered += 1;
-                    buf.drain(..end + 4 + len);
                 }
             }
             let lost = sent.load(Ordering::Acquire).saturating_sub(answered);
@@ -184,28 +173,46 @@ async fn http_lane(addr: SocketAddr, mut rx: UnboundedReceiver<Vec<u8>>, failed:
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, reader).await;
 }
 
-/// Reads one HTTP response from `rd` (head and Content-Length body):
-/// whether its status was 2xx and whether the server closes the connection
-/// after it, or None when the connection ended first.
-async fn read_response(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+/// One HTTP response read off a connection.
+pub struct Answer {
+    /// Its status was 2xx.
+    pub ok: bool,
+    /// The server closes the connection after it.
+    pub close: bool,
+}
+
+/// Takes the complete response (head and Content-Length body) at the start
+/// of `buf` out of it; None while it is incomplete.
+pub fn take_response(buf: &mut Vec<u8>) -> Option<Answer> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let total = end + 4 + len;
+    if buf.len() < total {
+        return None;
+    }
+    let answer = Answer {
+        ok: head.get(9..10) == Some("2"),
+        close: head.lines().any(|l| l.trim() == "connection: close"),
+    };
+    buf.drain(..total);
+    Some(answer)
+}
+
+/// Reads until one response is complete (see [`take_response`]); None
+/// when the connection ended first.
+pub async fn read_response<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
     buf: &mut Vec<u8>,
     chunk: &mut [u8],
-) -> Option<(bool, bool)> {
+) -> Option<Answer> {
     loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                let ok = head.get(9..10) == Some("2");
-                let close = head.lines().any(|l| l.trim() == "connection: close");
-                buf.drain(..end + 4 + len);
-                return Some((ok, close));
-            }
+        if let Some(answer) = take_response(buf) {
+            return Some(answer);
         }
         match rd.read(chunk).await {
             Ok(0) | Err(_) => return None,
@@ -234,9 +241,9 @@ async fn serial_lane(addr: SocketAddr, mut rx: UnboundedReceiver<Vec<u8>>, faile
                 break;
             };
             if wr.write_all(&req).await.is_ok() {
-                if let Some((answer, close)) = read_response(rd, &mut buf, &mut chunk).await {
-                    ok = answer;
-                    if close {
+                if let Some(answer) = read_response(rd, &mut buf, &mut chunk).await {
+                    ok = answer.ok;
+                    if answer.close {
                         conn = None;
                     }
                     break;
@@ -459,6 +466,19 @@ mod tests {
             String::from_utf8_lossy(&req[..end]).into_owned(),
             req[end + 4..].to_vec(),
         )
+    }
+
+    #[test]
+    fn responses_are_taken_whole_one_at_a_time() {
+        let mut buf = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 400 Bad\r\nConnection: close\r\nContent-Length: 2\r\n\r\nx".to_vec();
+        let a = take_response(&mut buf).unwrap();
+        assert!(a.ok && !a.close);
+        // The second one's body is not all there yet.
+        assert!(take_response(&mut buf).is_none());
+        buf.push(b'y');
+        let b = take_response(&mut buf).unwrap();
+        assert!(!b.ok && b.close);
+        assert!(buf.is_empty());
     }
 
     #[test]

@@ -18,21 +18,8 @@ use serde_json::{json, Value};
 
 use herald_bench::record::now_us;
 
-use crate::engine::{round2, run_flow, Flow, Session};
+use crate::engine::{median, quantile as pct, round2, run_flow, Flow, Session};
 use crate::FloorArgs;
-
-fn pct(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
 
 /// A bare librdkafka consumer on the whole topic, from its end, with
 /// herald's fetch settings: the produce → `poll` latency (ms) of every

@@ -22,31 +22,19 @@ use anyhow::Context;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use herald_bench::record::{make_value, now_us};
 
-use crate::engine::{round2, Session};
+use crate::engine::{median, quantile as pct, round2, Session};
+use crate::producer::read_response;
 use crate::PublishArgs;
 
 /// The secret the node is started with, for the bench's publish token.
 const SECRET: &str = "herald-bench-publish-secret-0123456789";
 /// A publish that takes longer than this counts as failed.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn pct(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
 
 /// What one lane measured: latencies (ms) and failures.
 #[derive(Default)]
@@ -86,28 +74,12 @@ async fn http_lane(
             out.failed += 1;
             return out;
         }
-        let answer = tokio::time::timeout(PUBLISH_TIMEOUT, async {
-            loop {
-                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + len {
-                        let ok = head.starts_with("http/1.1 200");
-                        buf.drain(..end + 4 + len);
-                        return Some(ok);
-                    }
-                }
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-        })
-        .await;
+        let answer = tokio::time::timeout(
+            PUBLISH_TIMEOUT,
+            read_response(&mut stream, &mut buf, &mut chunk),
+        )
+        .await
+        .map(|a| a.map(|a| a.ok));
         match answer {
             Ok(Some(true)) => out.lat.push(sent.elapsed().as_secs_f64() * 1000.0),
             Ok(Some(false)) => out.failed += 1,
